@@ -1,0 +1,104 @@
+"""Atomic artifact writes and safe checkpoint I/O.
+
+Every file is written to a temporary name beside its target and renamed into place, so a job killed mid-write never
+leaves an output that a rerun takes as complete. Checkpoints hold plain tensors and containers only and load with
+torch.load(weights_only=True): a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from .model import IteraLite, IteraLiteConfig
+
+CHECKPOINT_FORMAT = "iteralite-checkpoint-v1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted or used; the message names the file."""
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_csv(path, frame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def save_torch(path, obj) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch(path, what: str = "file"):
+    """torch.load with weights_only=True; a truncated, foreign or code-carrying file gets an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{what} {path} is not a loadable weights-only torch file ({first})") from None
+
+
+def save_checkpoint(path, model: IteraLite, tokenizer_sha256: str, meta: dict | None = None) -> None:
+    """An IteraLite checkpoint: its config (enough to rebuild it), weights and the tokenizer fingerprint."""
+    save_torch(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "config": model.cfg.to_dict(),
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            "tokenizer_sha256": tokenizer_sha256,
+            "meta": meta or {},
+        },
+    )
+
+
+def load_checkpoint(path, device="cpu") -> tuple[IteraLite, dict]:
+    """Rebuild the model a checkpoint describes; returns (model, the checkpoint's other fields)."""
+    blob = load_torch(path, "checkpoint")
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not an IteraLite checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    try:
+        cfg = IteraLiteConfig.from_dict(blob["config"])
+        model = IteraLite(cfg)
+        model.load_state_dict(blob["state_dict"])
+    except (ValueError, RuntimeError, TypeError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {path} does not match its model config: {err}") from None
+    return model.to(device), {k: v for k, v in blob.items() if k != "state_dict"}

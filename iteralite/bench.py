@@ -1,0 +1,88 @@
+"""Speed of several models measured side by side in one process: batched throughput, per-token step latency at
+several context lengths, weight memory; repeats interleaved across models so drift hits all of them alike."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+import pandas as pd
+import torch
+
+from .data import eval_windows
+
+
+def machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}"
+
+
+def weight_bytes(model) -> int:
+    """Bytes the model's weights occupy in memory (parameters and buffers, 4-bit nibbles counted as stored)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@torch.no_grad()
+def _time_forward(model, batch) -> float:
+    start = time.perf_counter()
+    model(batch)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def _time_step(model, prompt, context: int) -> float:
+    """Seconds for one generation step at position context-1, after a (untimed) prefill of context-1 tokens."""
+    cache = model.empty_cache(prompt.shape[0])
+    for position in range(context - 1):
+        _, cache = model.step(prompt[:, position], position, cache)
+    start = time.perf_counter()
+    model.step(prompt[:, context - 1], context - 1, cache)
+    return time.perf_counter() - start
+
+
+def measure(models: dict, test_tokens: torch.Tensor, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    repeats, batch_size = cfg.get("repeats", 5), cfg.get("batch_size", 8)
+    seq = min(m.cfg.max_seq for m in models.values())
+    batch = eval_windows(test_tokens, seq, batch_size * seq)[:batch_size, :seq]
+    contexts = [c for c in cfg.get("contexts", [16, 64, 128]) if c <= seq]
+    prompt = batch[:1]
+    forward = {name: [] for name in models}
+    steps = {(name, c): [] for name in models for c in contexts}
+    for name, model in models.items():  # warm-up: first calls pay for allocation and kernel packing
+        _time_forward(model, batch)
+        _time_step(model, prompt, contexts[0])
+    for _ in range(repeats):
+        for name, model in models.items():
+            forward[name].append(_time_forward(model, batch))
+            for c in contexts:
+                steps[(name, c)].append(_time_step(model, prompt, c))
+    threads = torch.get_num_threads()
+    speed = pd.DataFrame([
+        {"model": name, "tokens_per_s": batch.numel() / statistics.median(forward[name]),
+         "forward_ms": 1000 * statistics.median(forward[name]),
+         "step_latency_ms": 1000 * statistics.median(steps[(name, contexts[-1])]),
+         "weight_mem_mb": weight_bytes(model) / 2**20, "batch": f"{batch_size}x{seq}", "threads": threads,
+         "repeats": repeats, "machine": machine()}
+        for name, model in models.items()
+    ])
+    latency = pd.DataFrame([
+        {"model": name, "context": c, "latency_ms": 1000 * statistics.median(steps[(name, c)])}
+        for name in models for c in contexts
+    ])
+    return speed, latency
+
+
+@torch.no_grad()
+def samples(models: dict, tokenizer, prompts: list[str], new_tokens: int, seed: int = 0) -> dict:
+    """Sampled continuations of the same prompts by every model (temperature 0.8, the same seed)."""
+    out = {}
+    for name, model in models.items():
+        texts = []
+        for prompt in prompts:
+            ids = torch.tensor([tokenizer.encode(prompt).ids[: model.cfg.max_seq - 1]])
+            generated = model.generate(ids, new_tokens, 0.8, torch.Generator().manual_seed(seed))
+            texts.append(tokenizer.decode(generated[0].tolist()))
+        out[name] = texts
+    return out

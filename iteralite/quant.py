@@ -1,0 +1,259 @@
+"""INT4 weights: group-wise asymmetric 4-bit, two nibbles per byte, 16-bit scale and zero per group.
+
+Quantized: every Linear weight and the tied embedding / LM-head table (stored once). Kept in float32: tensors whose
+name contains an entry of `keep_high_precision` (A_log, D, conv1d, norms, biases by default), plus the SSM's B and C
+and the position embedding, which are no Linear.
+
+The file holds plain nibbles (uint8, low nibble = even column) and loads with torch.load(weights_only=True). The
+packed layout of torch's int4 matmul depends on the CPU's instruction set, so it is built at load time on the machine
+that runs the model (`Int4Linear.prepare`); where the kernel is missing or a shape does not fit it, the layer
+dequantizes its weight on the fly (the fallback path).
+
+Dequantization: w = q * scale + zero, q in [0, 15], zero = the group's minimum. torch's kernels compute
+(q - 8) * scale + zero', so zero' = zero + 8 * scale.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .artifacts import load_torch, save_torch
+from .model import IteraLite, IteraLiteConfig, count_parameters
+
+INT4_FORMAT = "iteralite-int4-v1"
+KERNEL_GROUP_SIZES = (32, 64, 128, 256)
+log = logging.getLogger(__name__)
+
+
+def group_size_for(k: int, requested: int) -> int:
+    """The requested group size if it divides the row, else the largest power of two below it that does."""
+    size = requested
+    while size > 1 and k % size:
+        size //= 2
+    return size
+
+
+def quantize_tensor(w: torch.Tensor, group_size: int) -> dict:
+    """(N, K) float -> nibbles (N, ceil(K/2)) uint8, scale and zero (N, K/group) float16."""
+    n, k = w.shape
+    gs = group_size_for(k, group_size)
+    groups = w.detach().float().reshape(n, k // gs, gs)
+    low, high = groups.amin(-1), groups.amax(-1)
+    scale = ((high - low) / 15).clamp(min=1e-8).half()
+    zero = low.half()
+    q = torch.round((groups - zero.float().unsqueeze(-1)) / scale.float().unsqueeze(-1)).clamp(0, 15).to(torch.uint8)
+    return {"nibbles": pack_nibbles(q.reshape(n, k)), "scale": scale, "zero": zero, "group_size": gs, "k": k}
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """(N, K) uint8 in [0, 15] -> (N, ceil(K/2)) uint8, even columns in the low nibble."""
+    if q.shape[1] % 2:
+        q = F.pad(q, (0, 1))
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_nibbles(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of pack_nibbles: (N, ceil(K/2)) -> (N, K) uint8."""
+    q = torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
+    return q[:, :k]
+
+
+def dequantize(nibbles, scale, zero, group_size: int, k: int) -> torch.Tensor:
+    q = unpack_nibbles(nibbles, k).float()
+    n = q.shape[0]
+    w = q.reshape(n, k // group_size, group_size) * scale.float().unsqueeze(-1) + zero.float().unsqueeze(-1)
+    return w.reshape(n, k)
+
+
+class Int4Linear(nn.Module):
+    """y = x W^T + b with W in 4 bits; torch's int4 matmul where it fits, on-the-fly dequantization elsewhere."""
+
+    def __init__(self, qt: dict, bias: torch.Tensor | None):
+        super().__init__()
+        self.register_buffer("nibbles", qt["nibbles"])
+        self.register_buffer("scale", qt["scale"])
+        self.register_buffer("zero", qt["zero"])
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.group_size, self.in_features = qt["group_size"], qt["k"]
+        self.out_features = qt["nibbles"].shape[0]
+        self.packed = None  # (kernel layout, scales_and_zeros), built by prepare()
+
+    def weight_fp32(self) -> torch.Tensor:
+        return dequantize(self.nibbles, self.scale, self.zero, self.group_size, self.in_features)
+
+    def prepare(self) -> bool:
+        """Build the int4 kernel's layout for this machine; False (fallback path) where it does not apply."""
+        n, k, gs = self.out_features, self.in_features, self.group_size
+        if n % 16 or k % gs or gs not in KERNEL_GROUP_SIZES or os.environ.get("ITERALITE_INT4_KERNEL") == "0":
+            return False
+        device = self.nibbles.device
+        q = unpack_nibbles(self.nibbles, k).to(torch.int32)
+        zero_k = self.zero.float() + 8 * self.scale.float()  # kernel computes (q - 8) * scale + zero'
+        sz = torch.stack([self.scale.float(), zero_k], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+        try:
+            if device.type == "cpu":
+                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+            else:
+                packed = torch.ops.aten._convert_weight_to_int4pack(self.nibbles_for_cuda(q), 8)
+        except (RuntimeError, AttributeError) as err:
+            log.info("int4 kernel unavailable for %dx%d (%s); dequantize fallback", n, k, err)
+            return False
+        self.packed = (packed, sz)
+        probe = torch.randn(4, k, device=device)
+        if not torch.allclose(self._kernel(probe), self._fallback(probe), rtol=0.05, atol=0.05):
+            log.warning("int4 kernel disagrees with dequantization for %dx%d; fallback used", n, k)
+            self.packed = None
+            return False
+        return True
+
+    @staticmethod
+    def nibbles_for_cuda(q: torch.Tensor) -> torch.Tensor:
+        return (q[:, 0::2] << 4 | q[:, 1::2]).to(torch.uint8)  # the CUDA op wants the high nibble first
+
+    def _kernel(self, x2d):
+        packed, sz = self.packed
+        if x2d.device.type == "cpu":
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2d.to(torch.bfloat16).contiguous(), packed,
+                                                            self.group_size, sz)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm(x2d.to(torch.bfloat16).contiguous(), packed, self.group_size, sz)
+        return y.float()
+
+    def _fallback(self, x2d):
+        return x2d.float() @ self.weight_fp32().t()
+
+    def forward(self, x):  # (..., K) -> (..., N)
+        x2d = x.reshape(-1, self.in_features)
+        y = self._kernel(x2d) if self.packed is not None else self._fallback(x2d)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+class Int4Embedding(Int4Linear):
+    """The tied token table in 4 bits: a lookup dequantizes only the gathered rows; as LM head it is an Int4Linear."""
+
+    def forward(self, idx):  # (...) ids -> (..., d)
+        flat = idx.reshape(-1)
+        rows = dequantize(self.nibbles[flat], self.scale[flat], self.zero[flat], self.group_size, self.in_features)
+        return rows.reshape(*idx.shape, self.in_features)
+
+    def head(self, hidden):  # (..., d) -> (..., v)
+        return super().forward(hidden)
+
+
+class QuantizedIteraLite(IteraLite):
+    def head(self, hidden):
+        return self.tok_emb.head(hidden)
+
+
+def is_quantized(name: str, tensor: torch.Tensor, keep: list[str]) -> bool:
+    if tensor.dim() != 2 or name == "pos_emb.weight" or name.endswith((".B", ".C")):
+        return False
+    return not any(k in name for k in keep)
+
+
+def quantize_model(model: IteraLite, group_size: int, keep: list[str], tokenizer_sha256: str) -> tuple[dict, dict]:
+    """(file content, stats); stats hold bits per parameter and reconstruction errors.
+
+    The file concatenates all nibbles, all scales, all zeros and all float32 tensors into four flat tensors with an
+    index of plain ints, so its size stays within a few kilobytes of the payload (one zip record per tensor would
+    add about 0.3 kB each).
+    """
+    parts = {"nibbles": [], "scale": [], "zero": [], "dense": []}
+    offsets = dict.fromkeys(parts, 0)
+    index, tensors, total_bits = [], [], 0
+    for name, w in model.state_dict().items():
+        entry = {"name": name, "shape": list(w.shape)}
+        if is_quantized(name, w, keep):
+            qt = quantize_tensor(w, group_size)
+            for key in ("nibbles", "scale", "zero"):
+                entry[key] = offsets[key]
+                parts[key].append(qt[key].reshape(-1))
+                offsets[key] += qt[key].numel()
+            entry["group_size"] = qt["group_size"]
+            recon = dequantize(qt["nibbles"], qt["scale"], qt["zero"], qt["group_size"], qt["k"])
+            bits = qt["nibbles"].numel() * 8 + (qt["scale"].numel() + qt["zero"].numel()) * 16
+            error = ((recon - w.float()).norm() / w.float().norm().clamp(min=1e-12)).item()
+            precision = "int4"
+        else:
+            entry["dense"] = offsets["dense"]
+            parts["dense"].append(w.detach().float().reshape(-1))
+            offsets["dense"] += w.numel()
+            bits, error, precision = w.numel() * 32, 0.0, "fp32"
+        index.append(entry)
+        tensors.append({"tensor": name, "params": w.numel(), "bits": bits, "bits_per_param": bits / w.numel(),
+                        "group_size": entry.get("group_size"), "relative_error": error, "precision": precision})
+        total_bits += bits
+    blob = {"format": INT4_FORMAT, "config": model.cfg.to_dict(), "tokenizer_sha256": tokenizer_sha256,
+            "n_params": count_parameters(model), "group_size": group_size, "index": index}
+    empty = {"nibbles": torch.uint8, "scale": torch.float16, "zero": torch.float16, "dense": torch.float32}
+    for key, chunks in parts.items():
+        blob[key] = torch.cat(chunks) if chunks else torch.empty(0, dtype=empty[key])
+    n_params = sum(t["params"] for t in tensors)
+    stats = {"group_size": group_size, "params": n_params, "payload_bytes": total_bits // 8,
+             "bits_per_param": total_bits / n_params,
+             "int4_fraction": sum(t["params"] for t in tensors if t["precision"] == "int4") / n_params,
+             "tensors": tensors}
+    return blob, stats
+
+
+def _unflatten(blob: dict) -> tuple[dict, dict]:
+    """The flat file -> ({name: float tensor}, {name: quantized parts})."""
+    dense, quantized = {}, {}
+    for entry in blob["index"]:
+        shape = entry["shape"]
+        if "dense" in entry:
+            n = 1
+            for dim in shape:
+                n *= dim
+            dense[entry["name"]] = blob["dense"][entry["dense"] : entry["dense"] + n].reshape(shape).clone()
+            continue
+        rows, k = shape
+        gs = entry["group_size"]
+        n_nib, n_groups = rows * ((k + 1) // 2), rows * (k // gs)
+        quantized[entry["name"]] = {
+            "nibbles": blob["nibbles"][entry["nibbles"] : entry["nibbles"] + n_nib].reshape(rows, -1).clone(),
+            "scale": blob["scale"][entry["scale"] : entry["scale"] + n_groups].reshape(rows, -1).clone(),
+            "zero": blob["zero"][entry["zero"] : entry["zero"] + n_groups].reshape(rows, -1).clone(),
+            "group_size": gs, "k": k,
+        }
+    return dense, quantized
+
+
+def save_quantized(path, blob: dict) -> None:
+    save_torch(path, blob)
+
+
+def load_quantized(path, device="cpu", use_kernel: bool = True) -> QuantizedIteraLite:
+    """Rebuild an inference model from an INT4 file; the kernel layout is packed here, for this machine."""
+    blob = load_torch(path, "INT4 model")
+    cfg = IteraLiteConfig.from_dict(blob["config"])
+    with torch.device("meta"):
+        model = QuantizedIteraLite(cfg)
+    dense, quantized = _unflatten(blob)
+    model.load_state_dict(dense, strict=False, assign=True)
+    modules = dict(model.named_modules())
+    for name, qt in quantized.items():
+        module_name = name.rsplit(".", 1)[0]
+        bias = dense.get(module_name + ".bias")
+        cls = Int4Embedding if module_name == "tok_emb" else Int4Linear
+        replacement = cls(qt, bias)
+        parent_name, _, child = module_name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else model, child, replacement)
+    missing = [n for n, p in model.named_parameters() if p.is_meta] + [n for n, b in model.named_buffers() if b.is_meta]
+    if missing:
+        raise ValueError(f"INT4 file {path} lacks tensors {missing[:5]}")
+    model.n_params = int(blob["n_params"])
+    model.to(device).eval()
+    if use_kernel:
+        fast = [m.prepare() for m in model.modules() if isinstance(m, Int4Linear)]
+        model.kernel_layers = (sum(fast), len(fast))
+    else:
+        model.kernel_layers = (0, sum(isinstance(m, Int4Linear) for m in model.modules()))
+    return model

@@ -1,0 +1,242 @@
+"""results/report.html: one self-contained page (plots embedded as PNG data URIs, no external request)."""
+
+from __future__ import annotations
+
+import base64
+import glob
+import html
+import io
+import json
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .artifacts import read_json, write_text  # noqa: E402
+
+# The original plan's expectations (plan/phase7-task2-structured-pruning.md), shown beside what was measured.
+PLAN_EXPECTATIONS = [
+    ("pruned + fine-tuned: size vs fp32 baseline", 1.67, "size_pruned"),
+    ("pruned + fine-tuned + INT4: size vs fp32 baseline", 2.37, "size_int4"),
+    ("pruned + fine-tuned: speed vs baseline", 1.5, "speed_pruned"),
+    ("pruned + fine-tuned + INT4: speed vs baseline", 1.9, "speed_int4"),
+    ("pruned + fine-tuned: perplexity change (at most)", 0.05, "ppl_pruned"),
+    ("pruned + fine-tuned + INT4: perplexity change (at most)", 0.10, "ppl_int4"),
+]
+
+
+def figure_html(fig, caption: str) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+
+
+def table_html(frame: pd.DataFrame, floatfmt: str = "{:,.4g}") -> str:
+    return frame.to_html(index=False, border=0, classes="t", na_rep="",
+                         float_format=lambda v: floatfmt.format(v))
+
+
+def parameter_plot(analysis: dict) -> str:
+    frame = pd.DataFrame(analysis["by_component"])
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    sns.barplot(frame, y="component", x="params", ax=ax, color="#4c72b0")
+    for i, row in frame.iterrows():
+        ax.text(row["params"], i, f" {row['percent']:.1f}%", va="center", fontsize=8)
+    ax.set_xlabel("parameters")
+    return figure_html(fig, f"Parameters by component ({analysis['total_params']:,} in all): the tied token "
+                            "embedding holds the largest share, so only width pruning can shrink it.")
+
+
+def importance_plot(paths: list[str]) -> str:
+    frames = []
+    for path in paths:
+        frame = pd.read_csv(path)
+        frame["criterion"] = os.path.basename(path).removesuffix(".csv")
+        frame["score"] = frame.groupby("group")["score"].transform(lambda s: s / (s.abs().max() or 1))
+        frames.append(frame)
+    frame = pd.concat(frames)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    sns.boxplot(frame, x="kind", y="score", hue="criterion", ax=ax, fliersize=1)
+    ax.set_ylabel("score / group max")
+    return figure_html(fig, "Importance scores per group kind and criterion, each group scaled to its maximum: "
+                            "a criterion that spreads scores widely separates channels more clearly than random.")
+
+
+def kept_heatmap(paths: list[str]) -> str:
+    rows = []
+    for path in paths:
+        stats = read_json(path)
+        for g in stats["groups"]:
+            rows.append({"variant": stats["variant"], "group": g["group"], "kept": g["kept"] / g["total"]})
+    frame = pd.DataFrame(rows).pivot(index="variant", columns="group", values="kept")
+    fig, ax = plt.subplots(figsize=(max(8, 0.35 * frame.shape[1]), 1 + 0.5 * frame.shape[0]))
+    sns.heatmap(frame, vmin=0, vmax=1, cmap="viridis", ax=ax, cbar_kws={"label": "kept fraction"})
+    ax.set_xlabel("")
+    return figure_html(fig, "Kept fraction of every pruning group per variant (width, SSM channels per layer, "
+                            "hidden units per expert, experts per layer).")
+
+
+def curves_plot(baseline_curve: str, finetune_curves: list[str]) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    base = pd.read_csv(baseline_curve)
+    if len(base):
+        axes[0].plot(base["step"], base["train_loss"], lw=0.8, label="train loss")
+        val = base.dropna(subset=["val_ppl"])
+        axes[0].plot(val["step"], val["val_ppl"].map(math.log), "o-", label="log validation perplexity")
+    axes[0].set(title="baseline", xlabel="step")
+    axes[0].legend(fontsize=8)
+    for path in finetune_curves:
+        curve = pd.read_csv(path).dropna(subset=["val_ppl"])
+        axes[1].plot(curve["step"], curve["val_ppl"], "o-", label=os.path.basename(os.path.dirname(path)))
+    axes[1].set(title="fine-tuning", xlabel="step", ylabel="validation perplexity")
+    axes[1].legend(fontsize=8)
+    return figure_html(fig, "Training curves: the baseline's loss and validation perplexity, and the validation "
+                            "perplexity of every fine-tune (the 'dense' curve is the equal-budget control).")
+
+
+def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
+    """Models no other model beats on both file size and perplexity."""
+    ordered = frame.sort_values(["file_bytes", "test_ppl"])
+    front, best = [], math.inf
+    for _, row in ordered.iterrows():
+        if row["test_ppl"] < best:
+            front.append(row)
+            best = row["test_ppl"]
+    return pd.DataFrame(front)
+
+
+def tradeoff_plot(summary: pd.DataFrame) -> str:
+    frame = summary.dropna(subset=["test_ppl"]).copy()
+    frame["size_mb"] = frame["file_bytes"] / 1e6
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.scatterplot(frame, x="size_mb", y="test_ppl", hue="stage", style="criterion", s=70, ax=ax)
+    front = pareto_front(frame)
+    ax.plot(front["file_bytes"] / 1e6, front["test_ppl"], "k--", lw=1, label="Pareto front")
+    ax.set(xscale="log", yscale="log", xlabel="file size (MB)", ylabel="test perplexity")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return figure_html(fig, "Size against test perplexity for every model; the dashed line joins the models that "
+                            "no other model beats on both.")
+
+
+def speed_plot(speed: pd.DataFrame, latency: pd.DataFrame) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    sns.barplot(speed, y="model", x="tokens_per_s", ax=axes[0], color="#55a868")
+    axes[0].set(xlabel="tokens/s (batched forward)", ylabel="")
+    sns.lineplot(latency, x="context", y="latency_ms", hue="model", marker="o", ax=axes[1])
+    axes[1].set(ylabel="ms per generated token", xlabel="context length")
+    axes[1].legend(fontsize=6)
+    return figure_html(fig, "Batched throughput and per-token generation latency against context length: the SSM "
+                            "state is O(1), so latency stays flat as the context grows.")
+
+
+def runtime_table(benchmarks_dir: str) -> pd.DataFrame:
+    rows = []
+    for path in sorted(glob.glob(os.path.join(benchmarks_dir, "**", "*.tsv"), recursive=True)):
+        bench = pd.read_csv(path, sep="\t")
+        rule = os.path.relpath(path, benchmarks_dir).removesuffix(".tsv")
+        rows.append({"job": rule, "seconds": bench["s"].iloc[-1], "max_rss_mb": bench["max_rss"].iloc[-1]})
+    return pd.DataFrame(rows)
+
+
+def plan_vs_measured(summary: pd.DataFrame) -> pd.DataFrame:
+    """The plan's expectations beside this study's best variant at each stage."""
+    base = summary[summary["model"] == "baseline/dense"].iloc[0]
+    rows = []
+
+    def best(stage_prefix):
+        frame = summary[summary["model"].str.startswith(stage_prefix) & ~summary["model"].str.endswith("/dense")]
+        return frame.sort_values("test_ppl").iloc[0] if len(frame) else None
+
+    measured = {}
+    tuned, quantized = best("finetuned/"), best("int4-finetuned/")
+    if tuned is not None:
+        measured["size_pruned"] = (base["file_bytes"] / tuned["file_bytes"], tuned["model"])
+        measured["speed_pruned"] = (tuned["tokens_per_s"] / base["tokens_per_s"], tuned["model"])
+        measured["ppl_pruned"] = (tuned["test_ppl"] / base["test_ppl"] - 1, tuned["model"])
+    if quantized is not None:
+        measured["size_int4"] = (base["file_bytes"] / quantized["file_bytes"], quantized["model"])
+        measured["speed_int4"] = (quantized["tokens_per_s"] / base["tokens_per_s"], quantized["model"])
+        measured["ppl_int4"] = (quantized["test_ppl"] / base["test_ppl"] - 1, quantized["model"])
+    for label, expected, key in PLAN_EXPECTATIONS:
+        value, model = measured.get(key, (float("nan"), ""))
+        is_ppl = key.startswith("ppl")
+        held = value <= expected if is_ppl else value >= expected
+        fmt = (lambda v: f"{v:+.1%}") if is_ppl else (lambda v: f"{v:.2f}x")
+        rows.append({"figure": label, "plan": fmt(expected), "measured": fmt(value) if value == value else "",
+                     "model": model, "held": "yes" if value == value and held else "no"})
+    return pd.DataFrame(rows)
+
+
+def samples_html(samples: dict) -> str:
+    parts = []
+    for model, texts in samples.items():
+        items = "".join(f"<li>{html.escape(t)}</li>" for t in texts)
+        parts.append(f"<h4>{html.escape(model)}</h4><ol>{items}</ol>")
+    return "".join(parts)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table.t{border-collapse:collapse;font-size:13px;margin:1em 0}table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
+figure{margin:1.5em 0}img{max-width:100%}figcaption{font-size:13px;color:#555}pre{background:#f6f6f6;padding:1em;font-size:12px;overflow:auto}
+li{margin:.3em 0;font-size:13px}"""
+
+
+def build(inputs: dict, config: dict, benchmarks_dir: str, out_path: str) -> None:
+    summary = pd.read_csv(inputs["summary"])
+    analysis = read_json(inputs["analysis"])
+    corpus = read_json(inputs["corpus"])
+    speed, latency = pd.read_csv(inputs["speed"]), pd.read_csv(inputs["latency"])
+    samples = read_json(inputs["samples"])
+    prune_stats = [read_json(p) for p in _as_list(inputs.get("prune_stats"))]
+    sections = [
+        "<h1>IteraLite compression study</h1>",
+        f"<p>Corpus: {html.escape(corpus.get('origin', corpus['source']))}; "
+        f"{corpus['splits']['train']['words']:,} training words. Machine: {html.escape(str(speed['machine'].iloc[0]))}, "
+        f"{int(speed['threads'].iloc[0])} thread(s) for the speed figures.</p>",
+        "<h2>Summary</h2><p>One row per model (results/metrics/summary.csv).</p>", table_html(summary),
+        "<h2>Plan vs measured</h2><p>The original plan's expected results beside the best fine-tuned variant of this "
+        "study (lowest test perplexity), against the fp32 baseline.</p>", table_html(plan_vs_measured(summary)),
+        "<h2>Parameter distribution</h2>", parameter_plot(analysis),
+        table_html(pd.DataFrame(analysis["by_component"])),
+    ]
+    if inputs.get("importance"):
+        sections += ["<h2>Importance</h2>", importance_plot(_as_list(inputs["importance"]))]
+    if prune_stats:
+        sections += ["<h2>Pruning</h2>", kept_heatmap(_as_list(inputs["prune_stats"])),
+                     table_html(pd.DataFrame([
+                         {"variant": s["variant"], "params before": s["params_before"], "params after": s["params_after"],
+                          "removed": f"{s['removed_fraction']:.1%}", "bytes before": s["file_bytes_before"],
+                          "bytes after": s["file_bytes_after"], "ratios": json.dumps(s["plan"]["ratios"])}
+                         for s in prune_stats]))]
+    sections += ["<h2>Training</h2>", curves_plot(inputs["baseline_curve"], _as_list(inputs.get("finetune_curves")))]
+    sections += ["<h2>Size and quality</h2>", tradeoff_plot(summary)]
+    if inputs.get("quant_stats"):
+        quant = [read_json(p) for p in _as_list(inputs["quant_stats"])]
+        sections.append(table_html(pd.DataFrame([
+            {"source": q["source"], "bits/param (with scales)": q["bits_per_param"], "int4 share": q["int4_fraction"],
+             "file bytes": q["file_bytes"], "max layer error": max(t["relative_error"] for t in q["tensors"])}
+            for q in quant])))
+    sections += ["<h2>Speed</h2>", speed_plot(speed, latency), table_html(speed.drop(columns=["machine"])),
+                 "<h2>Sample generations</h2><p>The same prompts, seed and temperature (0.8) for every model.</p>",
+                 samples_html(samples)]
+    runtimes = runtime_table(benchmarks_dir)
+    if len(runtimes):
+        sections += ["<h2>Cost per rule</h2><p>Wall time and peak memory of each job, from Snakemake's benchmark "
+                     "files.</p>", table_html(runtimes)]
+    sections += ["<h2>Study config</h2>", f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>"]
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>IteraLite compression study</title>" \
+           f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
+    write_text(out_path, page)
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)

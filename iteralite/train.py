@@ -1,0 +1,253 @@
+"""One training loop for the baseline, the fine-tunes and the dense control.
+
+AdamW, linear warmup then cosine decay, gradient clipping, the MoE load-balancing loss, optional distillation from a
+teacher, early stopping on validation perplexity, bf16 autocast on CUDA. Budget in steps, tokens or epochs, with an
+optional wall-clock cap. Resumable: the full state (model, optimizer, schedule, data position, curve) is saved every
+`checkpoint_every` steps and when SIGTERM or SIGUSR1 arrives (Slurm time limit, preemption); the loop then stops
+with `Interrupted`, and the next call with the same resume path continues at that step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+from .artifacts import load_torch, save_torch
+from .data import TokenWindows, eval_windows
+from .model import IteraLite
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(RuntimeError):
+    """Training stopped on a signal after saving its state; rerun to continue."""
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    warmup: float = 50  # steps if >= 1, else a fraction of the total steps
+    min_lr_ratio: float = 0.1
+    max_steps: int | None = None
+    max_tokens: int | None = None
+    max_epochs: float | None = None
+    max_minutes: float | None = None  # wall-clock cap; makes the result depend on machine speed
+    grad_clip: float = 1.0
+    aux_loss_weight: float = 0.01
+    eval_every: int = 100
+    eval_tokens: int = 50_000
+    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    checkpoint_every: int = 100
+    distill_weight: float = 0.0
+    distill_temperature: float = 2.0
+    seed: int = 1234
+    log_every: int = 10
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def total_steps(self, steps_per_epoch: int, seq: int) -> int:
+        budgets = []
+        if self.max_steps:
+            budgets.append(self.max_steps)
+        if self.max_tokens:
+            budgets.append(math.ceil(self.max_tokens / (self.batch_size * seq)))
+        if self.max_epochs:
+            budgets.append(math.ceil(self.max_epochs * steps_per_epoch))
+        if not budgets:
+            raise ValueError("training needs a budget: set max_steps, max_tokens or max_epochs")
+        return min(budgets)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def lr_factor(step: int, total: int, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to min_ratio at `total`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def perplexity(model: IteraLite, tokens: torch.Tensor, max_tokens: int, batch_size: int = 32) -> float:
+    """exp(mean next-token cross-entropy) over fixed windows of the first max_tokens tokens."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    windows = eval_windows(tokens, model.cfg.max_seq, max_tokens)
+    total, count = 0.0, 0
+    for chunk in windows.split(batch_size):
+        chunk = chunk.to(device)
+        with autocast(device):
+            logits, _ = model(chunk[:, :-1])
+        total += F.cross_entropy(logits.float().flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum").item()
+        count += chunk[:, 1:].numel()
+    model.train(was_training)
+    return math.exp(total / count)
+
+
+def distillation_loss(student_logits, teacher_logits, temperature: float):
+    """KL(teacher || student) on temperature-softened distributions, scaled by T^2 (Hinton et al., 2015)."""
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student_logits.float() / t, -1), F.log_softmax(teacher_logits.float() / t, -1), log_target=True,
+        reduction="batchmean",
+    ) * (t * t)
+
+
+class _SignalFlag:
+    """Remembers SIGTERM/SIGUSR1 so the loop can stop at a step boundary with its state saved."""
+
+    def __init__(self):
+        self.received = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, _frame):
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(
+    model: IteraLite,
+    train_tokens: torch.Tensor,
+    val_tokens: torch.Tensor,
+    cfg: TrainConfig,
+    resume_path=None,
+    teacher: IteraLite | None = None,
+    device: torch.device | None = None,
+) -> tuple[IteraLite, list[dict]]:
+    """Train in place; returns (the best model by validation perplexity, the curve as rows)."""
+    device = device or pick_device()
+    model.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval()
+    torch.manual_seed(cfg.seed)
+    windows = TokenWindows(train_tokens, model.cfg.max_seq, cfg.batch_size, cfg.seed)
+    total = cfg.total_steps(windows.steps_per_epoch, model.cfg.max_seq)
+    warmup_steps = int(cfg.warmup) if cfg.warmup >= 1 else max(1, round(cfg.warmup * total))
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "A_log" not in name else no_decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95), foreach=device.type == "cuda",
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup_steps, cfg.min_lr_ratio)
+    )
+    state = {"step": 0, "curve": [], "best_ppl": math.inf, "best_state": None, "stale_evals": 0, "elapsed": 0.0}
+    if resume_path and os.path.exists(resume_path):
+        saved = load_torch(resume_path, "training state")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        windows.generator.set_state(saved["data_rng"])
+        state = saved["loop"]
+        log.info("resumed from %s at step %d", resume_path, state["step"])
+
+    def save_state():
+        if resume_path:
+            save_torch(
+                resume_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "data_rng": windows.generator.get_state(),
+                    "loop": state,
+                },
+            )
+
+    def evaluate(step: int) -> bool:
+        """Record validation perplexity; True when early stopping says stop."""
+        ppl = perplexity(model, val_tokens, cfg.eval_tokens, cfg.batch_size)
+        state["curve"][-1]["val_ppl"] = ppl
+        log.info("step %d: validation perplexity %.2f", step, ppl)
+        if ppl < state["best_ppl"]:
+            state["best_ppl"], state["stale_evals"] = ppl, 0
+            state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            state["stale_evals"] += 1
+        patience = cfg.early_stopping_patience
+        return patience is not None and state["stale_evals"] >= patience
+
+    tokens_per_step = cfg.batch_size * model.cfg.max_seq
+    started = time.perf_counter() - state["elapsed"]
+    with _SignalFlag() as stop_signal:
+        while state["step"] < total:
+            step_start = time.perf_counter()
+            batch = windows.next().to(device)
+            with autocast(device):
+                logits, balance = model(batch[:, :-1])
+                loss_lm = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+                loss = loss_lm + cfg.aux_loss_weight * balance
+                if teacher is not None and cfg.distill_weight > 0:
+                    with torch.no_grad():
+                        teacher_logits, _ = teacher(batch[:, :-1])
+                    kd = distillation_loss(logits.flatten(0, 1), teacher_logits.flatten(0, 1), cfg.distill_temperature)
+                    loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            schedule.step()
+            state["step"] += 1
+            step = state["step"]
+            state["elapsed"] = time.perf_counter() - started
+            step_s = time.perf_counter() - step_start
+            state["curve"].append(
+                {
+                    "step": step, "tokens": step * tokens_per_step, "lr": optimizer.param_groups[0]["lr"],
+                    "train_loss": loss_lm.item(), "loss": loss.item(), "balance_loss": balance.item(),
+                    "val_ppl": float("nan"), "elapsed_s": state["elapsed"], "tokens_per_s": tokens_per_step / step_s,
+                }
+            )
+            if step % cfg.log_every == 0 or step == 1:
+                rate = step * tokens_per_step / state["elapsed"]
+                eta = (total - step) * state["elapsed"] / step
+                log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s ETA %.0fs", step, total, loss_lm.item(),
+                         optimizer.param_groups[0]["lr"], rate, eta)
+            out_of_time = cfg.max_minutes is not None and state["elapsed"] > cfg.max_minutes * 60
+            last = step == total or out_of_time
+            if (step % cfg.eval_every == 0 or last) and evaluate(step):
+                log.info("early stopping at step %d: no improvement in %d evaluations", step, state["stale_evals"])
+                break
+            if out_of_time:
+                log.info("wall-clock cap of %s minutes reached at step %d", cfg.max_minutes, step)
+                break
+            if stop_signal.received:
+                save_state()
+                raise Interrupted(f"{stop_signal.received} at step {step}: state saved to {resume_path}; rerun to resume")
+            if step % cfg.checkpoint_every == 0:
+                save_state()
+    if state["best_state"] is not None:
+        model.load_state_dict(state["best_state"])
+    return model, state["curve"]

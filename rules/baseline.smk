@@ -1,0 +1,53 @@
+# The dense baseline: training (GPU partition on Slurm), parameter analysis, evaluation of any model.
+
+
+rule train_baseline:
+    input:
+        tokens="results/tokens/tokens.pt",
+    output:
+        checkpoint="results/models/baseline/dense/model.pt",
+        curve=report("results/models/baseline/dense/curve.csv", category="Training", caption="../report/curve.rst"),
+    params:
+        config=config,
+    threads: 2
+    resources:
+        runtime=480,
+        mem_mb=8000,
+    log:
+        "logs/train_baseline.log",
+    benchmark:
+        "benchmarks/train_baseline.tsv"
+    script:
+        "../scripts/train_baseline.py"
+
+
+rule analyze:
+    input:
+        checkpoint="results/models/baseline/dense/model.pt",
+    output:
+        json="results/analysis/params.json",
+        csv="results/analysis/params.csv",
+        groups="results/analysis/groups.csv",
+    log:
+        "logs/analyze.log",
+    benchmark:
+        "benchmarks/analyze.tsv"
+    script:
+        "../scripts/analyze.py"
+
+
+rule evaluate:
+    input:
+        model=lambda w: checkpoint_path(f"{w.stage}/{w.variant}"),
+        tokens="results/tokens/tokens.pt",
+    output:
+        metrics="results/metrics/models/{stage}/{variant}.json",
+    params:
+        test_tokens=config["evaluate"]["test_tokens"],
+    threads: 1
+    log:
+        "logs/evaluate/{stage}/{variant}.log",
+    benchmark:
+        "benchmarks/evaluate/{stage}/{variant}.tsv"
+    script:
+        "../scripts/evaluate.py"

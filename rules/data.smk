@@ -1,0 +1,48 @@
+# Corpus, tokenizer and token ids.
+
+
+rule prepare_corpus:
+    output:
+        train="results/corpus/train.txt",
+        validation="results/corpus/validation.txt",
+        test="results/corpus/test.txt",
+        stats="results/corpus/stats.json",
+    params:
+        corpus=config["corpus"],
+        seed=config["seed"],
+    log:
+        "logs/prepare_corpus.log",
+    benchmark:
+        "benchmarks/prepare_corpus.tsv"
+    script:
+        "../scripts/prepare_corpus.py"
+
+
+rule train_tokenizer:
+    input:
+        train="results/corpus/train.txt",
+    output:
+        tokenizer="results/tokenizer/tokenizer.json",
+    params:
+        tokenizer=config["tokenizer"],
+    log:
+        "logs/train_tokenizer.log",
+    benchmark:
+        "benchmarks/train_tokenizer.tsv"
+    script:
+        "../scripts/train_tokenizer.py"
+
+
+rule tokenize:
+    input:
+        splits=expand("results/corpus/{split}.txt", split=["train", "validation", "test"]),
+        tokenizer="results/tokenizer/tokenizer.json",
+    output:
+        tokens="results/tokens/tokens.pt",
+        stats="results/tokens/stats.json",
+    log:
+        "logs/tokenize.log",
+    benchmark:
+        "benchmarks/tokenize.tsv"
+    script:
+        "../scripts/tokenize.py"

@@ -1,0 +1,26 @@
+# Fine-tuning of every pruned variant, and of the dense baseline with the same budget (the control, variant
+# "dense"). On Slurm these go to the GPU partition; a preempted job saves its state and its retry resumes.
+
+
+rule finetune:
+    input:
+        checkpoint=finetune_source,
+        teacher="results/models/baseline/dense/model.pt",
+        tokens="results/tokens/tokens.pt",
+    output:
+        checkpoint="results/models/finetuned/{variant}/model.pt",
+        curve=report(
+            "results/models/finetuned/{variant}/curve.csv", category="Training", caption="../report/curve.rst"
+        ),
+    params:
+        config=config,
+    threads: 2
+    resources:
+        runtime=480,
+        mem_mb=8000,
+    log:
+        "logs/finetune/{variant}.log",
+    benchmark:
+        "benchmarks/finetune/{variant}.tsv"
+    script:
+        "../scripts/finetune.py"

@@ -1,0 +1,67 @@
+# Side-by-side benchmark of every model, the summary table and the HTML report.
+
+
+localrules:
+    summary,
+    report,
+
+
+rule benchmark:
+    input:
+        models=[checkpoint_path(m) for m in MODELS],
+        tokens="results/tokens/tokens.pt",
+        tokenizer="results/tokenizer/tokenizer.json",
+    output:
+        speed="results/bench/speed.csv",
+        latency="results/bench/latency.csv",
+        samples="results/bench/samples.json",
+    params:
+        models=MODELS,
+        benchmark=config["benchmark"],
+    threads: 2
+    log:
+        "logs/benchmark.log",
+    benchmark:
+        "benchmarks/benchmark.tsv"
+    script:
+        "../scripts/benchmark.py"
+
+
+rule summary:
+    input:
+        metrics=[metrics_path(m) for m in MODELS],
+        speed="results/bench/speed.csv",
+    output:
+        summary=report("results/metrics/summary.csv", category="Results", caption="../report/summary.rst"),
+    log:
+        "logs/summary.log",
+    benchmark:
+        "benchmarks/summary.tsv"
+    script:
+        "../scripts/summary.py"
+
+
+rule report:
+    input:
+        summary="results/metrics/summary.csv",
+        analysis="results/analysis/params.json",
+        corpus="results/corpus/stats.json",
+        baseline_curve="results/models/baseline/dense/curve.csv",
+        finetune_curves=expand("results/models/finetuned/{variant}/curve.csv", variant=FINETUNED),
+        importance=expand("results/importance/{criterion}.csv", criterion=CRITERIA),
+        prune_stats=expand("results/models/pruned/{variant}/prune_stats.json", variant=VARIANTS),
+        quant_stats=[f"results/models/int4-{s}/quant_stats.json" for s in QUANTIZED],
+        speed="results/bench/speed.csv",
+        latency="results/bench/latency.csv",
+        samples="results/bench/samples.json",
+    output:
+        html="results/report.html",
+    params:
+        config=config,
+        benchmarks_dir="benchmarks",
+    log:
+        "logs/report.log",
+    benchmark:
+        "benchmarks/report.tsv"
+    script:
+        "../scripts/report.py"
