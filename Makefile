@@ -3,8 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= 2
-export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967296
-export HF_DATASETS_OFFLINE ?= 1
+export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296
 
 .PHONY: run test setup lint bench slurm-up slurm-down clean
 
@@ -31,10 +30,10 @@ bench: setup  ## side-by-side speed of baseline and pruned models, printed
 	$(PY) -m iteralite.speedcheck
 
 slurm-up:  ## start a single-node Slurm cluster on localhost (root, Debian)
-	bash scripts/slurm_cluster.sh up
+	bash tools/slurm-cluster.sh up
 
 slurm-down:
-	bash scripts/slurm_cluster.sh down
+	bash tools/slurm-cluster.sh down
 
 clean:
 	rm -rf results logs benchmarks .snakemake

@@ -38,7 +38,8 @@ def parameter_table(model: IteraLite) -> pd.DataFrame:
     rows = []
     for name, p in model.named_parameters():
         match = re.match(r"layers\.(\d+)\.", name)
-        rows.append({"component": component_of(name), "layer": int(match.group(1)) if match else -1, "params": p.numel()})
+        layer = int(match.group(1)) if match else -1
+        rows.append({"component": component_of(name), "layer": layer, "params": p.numel()})
     table = pd.DataFrame(rows).groupby(["component", "layer"], as_index=False, sort=False)["params"].sum()
     table["percent"] = 100 * table["params"] / table["params"].sum()
     return table

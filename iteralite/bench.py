@@ -50,7 +50,7 @@ def measure(models: dict, test_tokens: torch.Tensor, cfg: dict) -> tuple[pd.Data
     prompt = batch[:1]
     forward = {name: [] for name in models}
     steps = {(name, c): [] for name in models for c in contexts}
-    for name, model in models.items():  # warm-up: first calls pay for allocation and kernel packing
+    for model in models.values():  # warm-up: first calls pay for allocation and kernel packing
         _time_forward(model, batch)
         _time_step(model, prompt, contexts[0])
     for _ in range(repeats):

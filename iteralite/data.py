@@ -50,7 +50,9 @@ def _load_local_files(paths: list[str], field: str) -> list[str]:
     suffix = Path(paths[0]).suffix.lower()
     builder = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
     if builder is None:
-        raise DataError(f"corpus.paths: unsupported file type {suffix!r} ({paths[0]}); use .txt, .json, .jsonl or .parquet")
+        raise DataError(
+            f"corpus.paths: unsupported file type {suffix!r} ({paths[0]}); use .txt, .json, .jsonl or .parquet"
+        )
     if builder == "text":
         # One document per file: paragraphs of a book must stay in order for contiguous splits.
         docs = []
@@ -80,7 +82,9 @@ def _load_hub(corpus_cfg: dict, field: str) -> list[str]:
         table = datasets.load_dataset(name, split=corpus_cfg.get("hub_split", "train"))
     except Exception as err:
         offline = os.environ.get("HF_DATASETS_OFFLINE") == "1"
-        hint = " (HF_DATASETS_OFFLINE=1: no network access is attempted; unset it on a machine with network)" if offline else ""
+        hint = ""
+        if offline:
+            hint = " (HF_DATASETS_OFFLINE=1: no network access is attempted; unset it on a machine with network)"
         raise DataError(f"corpus.hub_name {name!r} could not be loaded{hint}: {type(err).__name__}: {err}") from None
     limit = corpus_cfg.get("max_documents")
     texts = table[field] if not limit else table.select(range(min(limit, len(table))))[field]

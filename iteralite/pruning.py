@@ -16,6 +16,7 @@ equal the dense model's with the same channels masked to zero (`masked_model`, t
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -249,11 +250,11 @@ def score_groups(model: IteraLite, criterion: str, stats: CalibrationStats, seed
 
 
 def kept_count(size: int, ratio: float, multiple: int, minimum: int = 1) -> int:
-    """Channels kept when `ratio` of `size` goes, rounded to the nearest multiple (never below it, nor above size)."""
+    """Channels kept when `ratio` of `size` goes, rounded half up to a multiple (never below it, nor above size)."""
     keep = size * (1 - ratio)
     if multiple > 1 and size >= multiple:
-        keep = max(multiple, round(keep / multiple) * multiple)
-    return int(min(size, max(minimum, round(keep))))
+        keep = max(multiple, math.floor(keep / multiple + 0.5) * multiple)
+    return int(min(size, max(minimum, math.floor(keep + 0.5))))
 
 
 def plan_counts(cfg: IteraLiteConfig, ratios: dict[str, float], round_to: dict[str, int]) -> dict[str, int]:
@@ -313,7 +314,7 @@ def plan_target(cfg: IteraLiteConfig, target, bounds: dict[str, float], round_to
         for _ in range(30):  # bisection on r; removed fraction is monotone in r
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if removed_fraction(cfg, ratios_at(mid), round_to) >= target else (mid, hi)
-        ratios = ratios_at(hi)
+        ratios = _tightest(cfg, target, ratios_at(hi), round_to)
     removed = removed_fraction(cfg, ratios, round_to)
     return {"target": target, "ratios": ratios, "removed_fraction": removed, "round_to": dict(round_to)}
 
@@ -321,6 +322,28 @@ def plan_target(cfg: IteraLiteConfig, target, bounds: dict[str, float], round_to
 def _kind_share(cfg: IteraLiteConfig, kind: str) -> float:
     """Fraction of all parameters that pruning this kind alone completely (to one channel) would remove."""
     return removed_fraction(cfg, {kind: 1.0}, {})
+
+
+def _levels(size: int, cap: float, multiple: int) -> list[float]:
+    """The distinct cut ratios that rounding lets a group of `size` take, up to the one ratio `cap` gives."""
+    deepest = kept_count(size, cap, multiple)
+    counts = {kept_count(size, r / 200, multiple) for r in range(200)} | {deepest}
+    return sorted(1 - c / size for c in counts if c >= deepest)
+
+
+def _tightest(cfg: IteraLiteConfig, target: float, uniform: dict, round_to: dict) -> dict:
+    """Rounding makes one uniform pressure overshoot; among allocations that cut no kind deeper than it does,
+    take the one that removes the least while meeting the target."""
+    sizes = {"width": cfg.d_model, "ssm_channels": cfg.d_inner, "expert_hidden": cfg.expert_hidden,
+             "experts": cfg.n_experts}
+    options = [_levels(sizes[k], uniform[k], round_to.get(k, 1)) for k in KINDS]
+    best, best_removed = uniform, removed_fraction(cfg, uniform, round_to)
+    for combo in itertools.product(*options):
+        ratios = dict(zip(KINDS, combo))
+        removed = removed_fraction(cfg, ratios, round_to)
+        if target <= removed < best_removed:
+            best, best_removed = ratios, removed
+    return best
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ def figure_html(fig, caption: str) -> str:
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     data = base64.b64encode(buffer.getvalue()).decode()
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+    text = html.escape(caption)
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{text}"><figcaption>{text}</figcaption></figure>'
 
 
 def table_html(frame: pd.DataFrame, floatfmt: str = "{:,.4g}") -> str:
@@ -183,8 +184,10 @@ def samples_html(samples: dict) -> str:
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table.t{border-collapse:collapse;font-size:13px;margin:1em 0}table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
-figure{margin:1.5em 0}img{max-width:100%}figcaption{font-size:13px;color:#555}pre{background:#f6f6f6;padding:1em;font-size:12px;overflow:auto}
+table.t{border-collapse:collapse;font-size:13px;margin:1em 0}
+table.t td,table.t th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
+figure{margin:1.5em 0}img{max-width:100%}figcaption{font-size:13px;color:#555}
+pre{background:#f6f6f6;padding:1em;font-size:12px;overflow:auto}
 li{margin:.3em 0;font-size:13px}"""
 
 
@@ -198,7 +201,8 @@ def build(inputs: dict, config: dict, benchmarks_dir: str, out_path: str) -> Non
     sections = [
         "<h1>IteraLite compression study</h1>",
         f"<p>Corpus: {html.escape(corpus.get('origin', corpus['source']))}; "
-        f"{corpus['splits']['train']['words']:,} training words. Machine: {html.escape(str(speed['machine'].iloc[0]))}, "
+        f"{corpus['splits']['train']['words']:,} training words. "
+        f"Machine: {html.escape(str(speed['machine'].iloc[0]))}, "
         f"{int(speed['threads'].iloc[0])} thread(s) for the speed figures.</p>",
         "<h2>Summary</h2><p>One row per model (results/metrics/summary.csv).</p>", table_html(summary),
         "<h2>Plan vs measured</h2><p>The original plan's expected results beside the best fine-tuned variant of this "
@@ -211,7 +215,8 @@ def build(inputs: dict, config: dict, benchmarks_dir: str, out_path: str) -> Non
     if prune_stats:
         sections += ["<h2>Pruning</h2>", kept_heatmap(_as_list(inputs["prune_stats"])),
                      table_html(pd.DataFrame([
-                         {"variant": s["variant"], "params before": s["params_before"], "params after": s["params_after"],
+                         {"variant": s["variant"], "params before": s["params_before"],
+                          "params after": s["params_after"],
                           "removed": f"{s['removed_fraction']:.1%}", "bytes before": s["file_bytes_before"],
                           "bytes after": s["file_bytes_after"], "ratios": json.dumps(s["plan"]["ratios"])}
                          for s in prune_stats]))]

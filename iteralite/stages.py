@@ -11,8 +11,16 @@ import torch
 
 from . import analysis, data, pruning
 from .artifacts import (
-    CheckpointError, atomic_path, load_checkpoint, load_torch, read_json, save_checkpoint, save_torch, write_csv,
-    write_json, write_text,
+    CheckpointError,
+    atomic_path,
+    load_checkpoint,
+    load_torch,
+    read_json,
+    save_checkpoint,
+    save_torch,
+    write_csv,
+    write_json,
+    write_text,
 )
 from .model import IteraLite, count_parameters
 from .study import model_config

@@ -76,7 +76,9 @@ def quantized_sources(config: dict) -> list[str]:
                     raise ConfigError(f"quantize.models: {item!r} names no model of the study ({stage}: {names})")
                 sources.append(f"{stage}/{v}")
         else:
-            raise ConfigError(f"quantize.models: {item!r} must be baseline/dense, pruned/<variant|all> or finetuned/<variant|all>")
+            raise ConfigError(
+                f"quantize.models: {item!r} must be baseline/dense, pruned/<variant|all> or finetuned/<variant|all>"
+            )
     return sources
 
 
@@ -115,3 +117,14 @@ def validate(config: dict) -> None:
     for target in config["pruning"]["targets"]:
         plan_for(config, target)
     quantized_sources(config)
+
+
+SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "schema.yaml")
+
+
+def check(config: dict, schema: str = SCHEMA) -> None:
+    """The whole config check run at parse time: JSON Schema (filling defaults), then `validate`."""
+    from snakemake.utils import validate as validate_schema
+
+    validate_schema(config, schema)
+    validate(config)

@@ -245,7 +245,9 @@ def train(
                 break
             if stop_signal.received:
                 save_state()
-                raise Interrupted(f"{stop_signal.received} at step {step}: state saved to {resume_path}; rerun to resume")
+                raise Interrupted(
+                    f"{stop_signal.received} at step {step}: state saved to {resume_path}; rerun to resume"
+                )
             if step % cfg.checkpoint_every == 0:
                 save_state()
     if state["best_state"] is not None:

@@ -13,6 +13,8 @@ rule train_baseline:
     resources:
         runtime=480,
         mem_mb=8000,
+    conda:
+        "../envs/iteralite.yaml"
     log:
         "logs/train_baseline.log",
     benchmark:
@@ -28,6 +30,8 @@ rule analyze:
         json="results/analysis/params.json",
         csv="results/analysis/params.csv",
         groups="results/analysis/groups.csv",
+    conda:
+        "../envs/iteralite.yaml"
     log:
         "logs/analyze.log",
     benchmark:
@@ -45,6 +49,8 @@ rule evaluate:
     params:
         test_tokens=config["evaluate"]["test_tokens"],
     threads: 1
+    conda:
+        "../envs/iteralite.yaml"
     log:
         "logs/evaluate/{stage}/{variant}.log",
     benchmark:

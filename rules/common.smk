@@ -2,18 +2,16 @@
 import os
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from iteralite import study
 
 # Large scan tensors: keep freed memory in the process instead of returning it to the OS on every step
 # (measured 2x faster training steps on the project's CPU; README, "Training speed").
-os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4294967296")
+os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296")
 
 
-validate(config, "../config/schema.yaml")
 try:
-    study.validate(config)
+    study.check(config, workflow.source_path("../config/schema.yaml"))
 except study.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 

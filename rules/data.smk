@@ -10,6 +10,8 @@ rule prepare_corpus:
     params:
         corpus=config["corpus"],
         seed=config["seed"],
+    conda:
+        "../envs/iteralite.yaml"
     log:
         "logs/prepare_corpus.log",
     benchmark:
@@ -25,6 +27,8 @@ rule train_tokenizer:
         tokenizer="results/tokenizer/tokenizer.json",
     params:
         tokenizer=config["tokenizer"],
+    conda:
+        "../envs/iteralite.yaml"
     log:
         "logs/train_tokenizer.log",
     benchmark:
@@ -40,6 +44,8 @@ rule tokenize:
     output:
         tokens="results/tokens/tokens.pt",
         stats="results/tokens/stats.json",
+    conda:
+        "../envs/iteralite.yaml"
     log:
         "logs/tokenize.log",
     benchmark:

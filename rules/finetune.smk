@@ -18,6 +18,8 @@ rule finetune:
     resources:
         runtime=480,
         mem_mb=8000,
+    conda:
+        "../envs/iteralite.yaml"
     log:
         "logs/finetune/{variant}.log",
     benchmark:

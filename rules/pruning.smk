@@ -11,6 +11,8 @@ rule score_importance:
     params:
         config=config,
     threads: 2
+    conda:
+        "../envs/iteralite.yaml"
     log:
         "logs/score_importance/{criterion}.log",
     benchmark:
@@ -28,6 +30,8 @@ rule prune:
         stats="results/models/pruned/{variant}/prune_stats.json",
     params:
         config=config,
+    conda:
+        "../envs/iteralite.yaml"
     log:
         "logs/prune/{variant}.log",
     benchmark:

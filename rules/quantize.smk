@@ -9,6 +9,8 @@ rule quantize:
         stats="results/models/int4-{fstage}/{variant}/quant_stats.json",
     params:
         quantize=config["quantize"],
+    conda:
+        "../envs/iteralite.yaml"
     log:
         "logs/quantize/{fstage}/{variant}.log",
     benchmark:

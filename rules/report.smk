@@ -19,6 +19,8 @@ rule benchmark:
         models=MODELS,
         benchmark=config["benchmark"],
     threads: 2
+    conda:
+        "../envs/iteralite.yaml"
     log:
         "logs/benchmark.log",
     benchmark:
@@ -33,6 +35,8 @@ rule summary:
         speed="results/bench/speed.csv",
     output:
         summary=report("results/metrics/summary.csv", category="Results", caption="../report/summary.rst"),
+    conda:
+        "../envs/iteralite.yaml"
     log:
         "logs/summary.log",
     benchmark:
@@ -59,6 +63,8 @@ rule report:
     params:
         config=config,
         benchmarks_dir="benchmarks",
+    conda:
+        "../envs/iteralite.yaml"
     log:
         "logs/report.log",
     benchmark:

@@ -1,0 +1,59 @@
+"""`make bench`: speed of the dense model, the default pruned model and their INT4 copies, side by side.
+
+Speed does not depend on the weights' values, so this needs no trained model: it builds the default config,
+plans the default target, prunes with L1 scores, quantizes, and measures every model in one process with fixed
+threads (interleaved repeats, medians). Usage: python -m iteralite.speedcheck [config.yaml] [threads]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+
+import torch
+import yaml
+
+from . import bench, pruning, quant
+from .model import IteraLite, count_parameters
+from .study import model_config, plan_for
+
+
+def build_models(config: dict) -> dict:
+    torch.manual_seed(config["seed"])
+    dense = IteraLite(model_config(config)).eval()
+    target = config["pruning"]["targets"][0]
+    plan = plan_for(config, target)
+    counts = pruning.plan_counts(dense.cfg, plan["ratios"], plan["round_to"])
+    scores = pruning.score_groups(dense, "l1", pruning.CalibrationStats(), config["seed"], "same")
+    pruned = pruning.prune(dense, pruning.choose_kept(scores, counts)).eval()
+    models = {"dense fp32": dense, f"pruned {target} fp32": pruned}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in list(models.items()):
+            blob, _ = quant.quantize_model(model, config["quantize"]["group_size"],
+                                           config["quantize"]["keep_high_precision"], "")
+            path = f"{tmp}/{len(models)}.pt"
+            quant.save_quantized(path, blob)
+            models[name.replace("fp32", "int4")] = quant.load_quantized(path)
+    return models
+
+
+def main(argv: list[str]) -> None:
+    config = yaml.safe_load(open(argv[0] if argv else "config/config.yaml", encoding="utf-8"))
+    threads = int(argv[1]) if len(argv) > 1 else config["benchmark"]["threads"]
+    torch.set_num_threads(threads)
+    models = build_models(config)
+    tokens = torch.randint(0, config["tokenizer"]["vocab_size"], (200_000,), generator=torch.Generator().manual_seed(0))
+    speed, latency = bench.measure(models, tokens, {**config["benchmark"], "repeats": 7})
+    base = speed.iloc[0]
+    print(f"{bench.machine()}, {threads} thread(s), batch {base['batch']}, median of 7, side by side\n")
+    print(f"{'model':<22}{'params':>10}{'tokens/s':>11}{'speedup':>9}{'step ms':>9}{'weights MB':>12}")
+    for (name, model), (_, row) in zip(models.items(), speed.iterrows()):
+        n = getattr(model, "n_params", None) or count_parameters(model)
+        print(f"{name:<22}{n:>10,}{row['tokens_per_s']:>11,.0f}{row['tokens_per_s'] / base['tokens_per_s']:>8.2f}x"
+              f"{row['step_latency_ms']:>9.2f}{row['weight_mem_mb']:>12.2f}")
+    print("\nstep latency (ms) by context length:")
+    print(latency.pivot(index="model", columns="context", values="latency_ms").round(2).to_string())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

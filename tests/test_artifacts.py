@@ -1,0 +1,69 @@
+import os
+
+import pytest
+import torch
+
+from iteralite.artifacts import CheckpointError, atomic_path, load_checkpoint, save_checkpoint, write_json
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_MARKER",))
+
+
+def test_code_carrying_checkpoint_never_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "iteralite-checkpoint-v1", "payload": Evil()}, path)
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} is not a loadable weights-only torch file"):
+        load_checkpoint(path)
+    assert not (tmp_path / "PWNED_MARKER").exists()
+
+
+def test_truncated_and_foreign_files_are_named(tiny_model, tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, tiny_model, "sha")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=str(truncated)):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match=f"checkpoint {foreign} is not an IteraLite checkpoint"):
+        load_checkpoint(foreign)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match=str(text)):
+        load_checkpoint(text)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoint_round_trip_rebuilds_the_model(tiny_model, tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, tiny_model, "abc", {"steps": 3})
+    model, meta = load_checkpoint(path)
+    assert meta["tokenizer_sha256"] == "abc" and meta["meta"] == {"steps": 3}
+    idx = torch.randint(0, 300, (1, 8))
+    torch.testing.assert_close(model.eval()(idx)[0], tiny_model(idx)[0])
+
+
+def test_mismatched_state_is_named(tiny_model, tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, tiny_model, "sha")
+    blob = torch.load(path, weights_only=True)
+    blob["config"]["d_model"] = 64
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError, match="does not match its model config"):
+        load_checkpoint(path)
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    write_json(target, {"a": 1})
+    assert target.read_text().strip().startswith("{") and oct(target.stat().st_mode & 0o777) != "0o600"

@@ -1,0 +1,92 @@
+import os
+
+import pytest
+
+from iteralite import data
+
+
+def test_embedded_corpus_is_real_prose():
+    docs = data.load_documents({"source": "embedded"})
+    assert len(docs) == 6
+    assert "truth universally acknowledged" in "".join(docs)
+    assert sum(len(d) for d in docs) > 4_000_000
+
+
+def test_split_is_deterministic_and_disjoint():
+    docs = [f"doc{i} " + "\n".join(f"line {i}.{j}" for j in range(100)) for i in range(3)]
+    a = data.split_documents(docs, 0.1, 0.1, seed=1)
+    b = data.split_documents(docs, 0.1, 0.1, seed=2)
+    assert a == b  # tail mode does not depend on the seed
+    lines = {k: set(v.splitlines()) - {""} for k, v in a.items()}
+    assert not lines["train"] & lines["test"] and not lines["validation"] & lines["test"]
+    assert "line 0.99" in lines["test"] and "line 0.85" in lines["validation"]
+    many = [f"story {i}" for i in range(40)]
+    s1, s2 = data.split_documents(many, 0.1, 0.1, 5, "documents"), data.split_documents(many, 0.1, 0.1, 5, "documents")
+    assert s1 == s2 and s1 != data.split_documents(many, 0.1, 0.1, 6, "documents")
+
+
+def test_tokenizer_round_trip_and_vocab_size():
+    text = data.load_documents({"source": "embedded"})[0][:200_000]
+    tok = data.train_tokenizer(text, 400)
+    assert tok.get_vocab_size() == 400
+    sample = "It is a truth universally acknowledged — café, naïve, 😀\n\nNew paragraph."
+    assert tok.decode(tok.encode(sample).ids) == sample
+    ids = data.encode(tok, sample)
+    assert tok.decode(ids.tolist()).startswith("It is a truth")
+
+
+def test_bad_vocab_size_is_named():
+    with pytest.raises(data.DataError, match="tokenizer.vocab_size"):
+        data.train_tokenizer("some text", 100)
+
+
+def test_missing_and_empty_corpus_files_are_named(tmp_path):
+    missing = tmp_path / "nope.txt"
+    with pytest.raises(data.DataError, match=f"file not found: {missing}"):
+        data.load_documents({"source": "files", "paths": [str(missing)]})
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(data.DataError, match="file is empty"):
+        data.load_documents({"source": "files", "paths": [str(empty)]})
+    blank = tmp_path / "blank.txt"
+    blank.write_text("   \n\n  ")
+    with pytest.raises(data.DataError, match="corpus is empty"):
+        data.load_documents({"source": "files", "paths": [str(blank)]})
+
+
+def test_non_utf8_text_is_named(tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(data.DataError, match="not UTF-8"):
+        data.load_documents({"source": "files", "paths": [str(bad)]})
+
+
+def test_jsonl_and_parquet_through_datasets(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"text": ["one story", "two stories", "three"], "id": [1, 2, 3]})
+    frame.to_json(tmp_path / "c.jsonl", orient="records", lines=True)
+    frame.to_parquet(tmp_path / "c.parquet")
+    for name in ("c.jsonl", "c.parquet"):
+        assert data.load_documents({"source": "files", "paths": [str(tmp_path / name)]}) == list(frame["text"])
+    with pytest.raises(data.DataError, match="text_field 'body'"):
+        data.load_documents({"source": "files", "paths": [str(tmp_path / "c.jsonl")], "text_field": "body"})
+
+
+def test_hub_name_offline_fails_fast():
+    """In a fresh process (datasets reads HF_DATASETS_OFFLINE at import), as on a machine without network."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "from iteralite import data\n"
+        "data.load_documents({'source': 'hub', 'hub_name': 'roneneldan/TinyStories'})\n"
+    )
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "HF_DATASETS_OFFLINE": "1"}, timeout=120)
+    assert run.returncode != 0
+    assert "DataError: corpus.hub_name 'roneneldan/TinyStories' could not be loaded" in run.stderr
+    assert "HF_DATASETS_OFFLINE=1" in run.stderr
+    assert time.perf_counter() - start < 30

@@ -1,0 +1,68 @@
+import torch
+
+from iteralite.model import IteraLite, IteraLiteConfig, count_parameters, parameter_count
+
+
+def test_default_shapes_and_parameter_count():
+    cfg = IteraLiteConfig()
+    model = IteraLite(cfg)
+    ssm = model.layers[0]["ssm"]
+    assert tuple(ssm.in_proj.weight.shape) == (512, 128)
+    assert tuple(ssm.delta_proj.weight.shape) == (256, 256)
+    assert tuple(ssm.B.shape) == (8, 256) and tuple(ssm.C.shape) == (256, 8) and tuple(ssm.A_log.shape) == (8,)
+    assert tuple(model.layers[0]["moe"].experts[0].w1.weight.shape) == (64, 128)
+    assert model.tok_emb.weight.shape == (8000, 128)
+    # arithmetic count agrees with the real module; tied head adds nothing
+    assert parameter_count(cfg) == count_parameters(model) == 1_988_768
+    logits, _ = model(torch.zeros(1, 5, dtype=torch.long))
+    assert logits.shape == (1, 5, 8000)
+
+
+def test_parameter_count_arithmetic_on_uneven_config():
+    cfg = IteraLiteConfig(vocab_size=500, d_model=40, n_layers=3, max_seq=16, d_inner=24,
+                          layer_d_inner=[24, 16, 8], layer_expert_hidden=[[8, 4], [12], [4, 4, 4]])
+    assert parameter_count(cfg) == count_parameters(IteraLite(cfg))
+
+
+def test_parallel_and_step_modes_agree_on_128_tokens():
+    torch.manual_seed(0)
+    model = IteraLite(IteraLiteConfig()).eval()
+    idx = torch.randint(0, 8000, (2, 128))
+    with torch.no_grad():
+        parallel, _ = model(idx)
+        cache = model.empty_cache(2)
+        steps = []
+        for t in range(128):
+            logits, cache = model.step(idx[:, t], t, cache)
+            steps.append(logits)
+    assert (torch.stack(steps, 1) - parallel).abs().max().item() <= 1e-4
+
+
+def test_top2_gates_sum_to_one(tiny_model):
+    moe = tiny_model.layers[0]["moe"]
+    gates, chosen, probs = moe.route(torch.randn(50, 32))
+    assert gates.shape == (50, 2) and chosen.shape == (50, 2)
+    torch.testing.assert_close(gates.sum(-1), torch.ones(50))
+    assert (chosen[:, 0] != chosen[:, 1]).all()
+
+
+def test_scan_gradient_matches_autograd_reference():
+    from iteralite.model import LinearRecurrence
+
+    a = torch.rand(7, 2, 3, dtype=torch.double, requires_grad=True)
+    b = torch.randn(7, 2, 3, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(LinearRecurrence.apply, (a, b))
+
+
+def test_sequence_longer_than_max_seq_is_refused(tiny_model):
+    import pytest
+
+    with pytest.raises(ValueError, match="max_seq"):
+        tiny_model(torch.zeros(1, 33, dtype=torch.long))
+
+
+def test_generate_is_deterministic_with_seed(tiny_model):
+    prompt = torch.tensor([[1, 2, 3]])
+    a = tiny_model.generate(prompt, 10, 0.8, torch.Generator().manual_seed(3))
+    b = tiny_model.generate(prompt, 10, 0.8, torch.Generator().manual_seed(3))
+    assert a.shape == (1, 13) and torch.equal(a, b) and torch.equal(a[:, :3], prompt)

@@ -1,0 +1,84 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from iteralite import quant
+from iteralite.model import IteraLite
+
+
+def test_pack_unpack_round_trip_is_exact():
+    q = torch.randint(0, 16, (24, 37), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    packed = quant.pack_nibbles(q)
+    assert packed.dtype == torch.uint8 and packed.shape == (24, 19)
+    assert torch.equal(quant.unpack_nibbles(packed, 37), q)
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_dequantization_error_is_bounded_by_half_a_step(group_size):
+    w = torch.randn(48, 256, generator=torch.Generator().manual_seed(1))
+    qt = quant.quantize_tensor(w, group_size)
+    recon = quant.dequantize(qt["nibbles"], qt["scale"], qt["zero"], qt["group_size"], qt["k"])
+    step = qt["scale"].float().repeat_interleave(group_size, dim=1)
+    # half a quantization step, plus float16 rounding of scale and zero
+    assert ((recon - w).abs() <= step / 2 + 2e-3 * w.abs().max()).all()
+    assert (recon - w).norm() / w.norm() < 0.12
+
+
+def test_fast_path_matches_fallback(tiny_model, tmp_path):
+    blob, _ = quant.quantize_model(tiny_model, 32, ["A_log", "D", "conv1d", "norm", "bias"], "sha")
+    quant.save_quantized(tmp_path / "m.pt", blob)
+    fast = quant.load_quantized(tmp_path / "m.pt")
+    slow = quant.load_quantized(tmp_path / "m.pt", use_kernel=False)
+    assert fast.kernel_layers[0] > 0, "the int4 kernel was used for no layer"
+    idx = torch.randint(0, 300, (2, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a, _ = fast(idx)
+        b, _ = slow(idx)
+        dense, _ = tiny_model(idx)
+    assert (a - b).abs().max() / b.abs().max() < 0.05  # bf16 activations on the kernel path
+    assert (b - dense).abs().max() / dense.abs().max() < 0.2
+
+
+def test_file_size_is_near_the_theoretical_byte_count(tmp_path):
+    torch.manual_seed(0)
+    from iteralite.model import IteraLiteConfig
+
+    model = IteraLite(IteraLiteConfig())
+    blob, stats = quant.quantize_model(model, 32, ["A_log", "D", "conv1d", "norm", "bias"], "sha")
+    path = tmp_path / "m.pt"
+    quant.save_quantized(path, blob)
+    assert abs(os.path.getsize(path) / stats["payload_bytes"] - 1) < 0.05
+    # 4 bits + two 16-bit numbers per 32 weights = 5 bits on the quantized tensors
+    int4 = [t for t in stats["tensors"] if t["precision"] == "int4"]
+    assert all(t["bits_per_param"] == pytest.approx(5.0) for t in int4 if t["group_size"] == 32)
+    assert blob["nibbles"].dtype == torch.uint8
+    assert stats["bits_per_param"] < 6
+
+
+def test_tie_survives_and_table_is_stored_once(tiny_model, tmp_path):
+    blob, _ = quant.quantize_model(tiny_model, 32, ["norm", "bias"], "sha")
+    names = [e["name"] for e in blob["index"]]
+    assert names.count("tok_emb.weight") == 1 and not any("head" in n for n in names)
+    quant.save_quantized(tmp_path / "m.pt", blob)
+    model = quant.load_quantized(tmp_path / "m.pt", use_kernel=False)
+    hidden = torch.randn(3, 32)
+    rows = model.tok_emb(torch.arange(300))
+    torch.testing.assert_close(model.head(hidden), hidden @ rows.t(), rtol=1e-4, atol=1e-4)
+
+
+def test_quantized_file_loads_weights_only_in_fresh_process(tiny_model, tmp_path):
+    blob, _ = quant.quantize_model(tiny_model, 32, ["norm", "bias"], "sha")
+    path = tmp_path / "m.pt"
+    quant.save_quantized(path, blob)
+    code = (
+        "import torch\n"
+        f"blob = torch.load({str(path)!r}, weights_only=True)\n"
+        "from iteralite.quant import load_quantized\n"
+        f"m = load_quantized({str(path)!r})\n"
+        "print(blob['format'], m.n_params)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["iteralite-int4-v1", str(sum(p.numel() for p in tiny_model.parameters()))]

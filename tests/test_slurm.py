@@ -1,0 +1,61 @@
+"""The tiny study through profiles/slurm on a real single-node Slurm cluster (tools/slurm-cluster.sh).
+
+Skipped where the cluster cannot be started (not root, no apt). The profile is the real one, with only the
+resources that exceed the CI node (8 CPUs, 32 GB, a GPU) scaled down.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_workflow import ROOT, copy_project
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("the local Slurm cluster needs root and apt-get")
+    up = subprocess.run(["bash", str(ROOT / "tools/slurm-cluster.sh"), "up"], capture_output=True, text=True,
+                        timeout=900)
+    assert up.returncode == 0, up.stdout + up.stderr
+    yield
+    subprocess.run(["bash", str(ROOT / "tools/slurm-cluster.sh"), "down"], capture_output=True, timeout=60)
+
+
+def ci_profile(dest: Path) -> Path:
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    profile["slurm-init-seconds-before-status-checks"] = 1
+    profile["latency-wait"] = 5
+    profile["default-resources"].update({"mem_mb": 1500, "cpus_per_task": 1})
+    for rule, resources in profile["set-resources"].items():
+        resources.pop("gres")  # no GPU on the CI node; the partition routing is what is tested
+        resources.update({"cpus_per_task": 2, "mem_mb": 3000, "runtime": 30})
+        profile["set-threads"][rule] = 2
+    dest.mkdir(parents=True)
+    (dest / "config.yaml").write_text(yaml.safe_dump(profile))
+    return dest
+
+
+def test_tiny_study_on_slurm(cluster, tmp_path):
+    workdir = copy_project(tmp_path / "study")
+    profile = ci_profile(tmp_path / "profile")
+    cmd = ["timeout", "-k", "10", "1500", sys.executable, "-m", "snakemake", "--profile", str(profile), "all",
+           "--configfile", "config/ci.yaml"]
+    run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    assert (workdir / "results/report.html").is_file()
+    listing = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "Comment,Partition,State", "-S", "now-2hours"],
+                             capture_output=True, text=True, check=True).stdout
+    rows = [line.split("|") for line in listing.splitlines() if line.startswith("rule_")]
+    assert rows and all(state == "COMPLETED" for _, _, state in rows), rows
+    rules = {comment.split("_wildcards_")[0].removeprefix("rule_"): partition for comment, partition, _ in rows}
+    on_gpu = sorted(c for c, p, _ in rows if p == "gpu")
+    assert len(on_gpu) == 4 and all(c.startswith(("rule_train_baseline", "rule_finetune")) for c in on_gpu), on_gpu
+    assert rules["prune"] == "cpu" and rules["benchmark"] == "cpu"
+    assert "summary" not in rules and "report" not in rules  # local rules run on the submitting host

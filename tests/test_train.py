@@ -1,0 +1,126 @@
+import math
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from iteralite.artifacts import load_checkpoint, save_checkpoint, save_torch
+from iteralite.train import TrainConfig, distillation_loss, lr_factor, perplexity, train
+
+
+def corpus_tokens(n=6000, vocab=300, seed=0):
+    """A learnable stream: a noisy repeating pattern."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.arange(n) % 37 * 7 % vocab
+    noise = torch.randint(0, vocab, (n,), generator=gen)
+    return torch.where(torch.rand(n, generator=gen) < 0.1, noise, base).to(torch.int32)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    factors = [lr_factor(s, 100, 10, 0.1) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[-1] == pytest.approx(0.1, abs=0.01) and all(a >= b for a, b in zip(factors[10:], factors[11:]))
+
+
+def test_training_lowers_perplexity(tiny_model):
+    tokens = corpus_tokens()
+    before = perplexity(tiny_model, tokens, 2000)
+    cfg = TrainConfig(batch_size=8, lr=3e-3, warmup=5, max_steps=40, eval_every=20, eval_tokens=2000)
+    model, curve = train(tiny_model, tokens, tokens, cfg, device=torch.device("cpu"))
+    after = perplexity(model, tokens, 2000)
+    assert after < before * 0.5, (before, after)
+    assert len(curve) == 40 and not math.isnan(curve[-1]["val_ppl"])
+
+
+def test_early_stopping_stops(tiny_model):
+    tokens = corpus_tokens()
+    cfg = TrainConfig(batch_size=4, lr=0.5, warmup=1, max_steps=200, eval_every=2, eval_tokens=500,
+                      early_stopping_patience=2)  # a learning rate this high makes validation worse
+    _, curve = train(tiny_model, tokens, tokens, cfg, device=torch.device("cpu"))
+    assert len(curve) < 200
+
+
+def test_distillation_changes_the_loss(tiny_model):
+    logits = torch.randn(10, 300)
+    assert distillation_loss(logits, logits, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(logits, torch.randn(10, 300), 2.0).item() > 0.1
+    tokens = corpus_tokens()
+    base_cfg = dict(batch_size=4, lr=1e-3, warmup=1, max_steps=3, eval_every=3, eval_tokens=500)
+    teacher = load_copy(tiny_model)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    _, plain = train(load_copy(tiny_model), tokens, tokens, TrainConfig(**base_cfg), device=torch.device("cpu"))
+    _, distilled = train(load_copy(tiny_model), tokens, tokens, TrainConfig(**base_cfg, distill_weight=0.5),
+                         teacher=teacher, device=torch.device("cpu"))
+    assert plain[0]["train_loss"] == pytest.approx(distilled[0]["train_loss"])  # same batch, same model
+    assert plain[0]["loss"] != pytest.approx(distilled[0]["loss"])
+
+
+def load_copy(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+RUNNER = """
+import logging, sys, torch
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+torch.set_num_threads(1)
+from iteralite import stages
+config = {"seed": 3, "device": "cpu"}
+train_cfg = {"batch_size": 4, "lr": 1e-3, "warmup": 0.05, "max_steps": 60, "eval_every": 20, "eval_tokens": 500,
+             "checkpoint_every": 1000, "log_every": 1}
+stages.train_model(config, train_cfg, sys.argv[1], sys.argv[2], sys.argv[3], init_checkpoint=sys.argv[4])
+"""
+
+
+def run_finetune(tmp_path, name, tokens_path, init_path, kill_after_step=None):
+    out = tmp_path / name
+    out.mkdir()
+    cmd = [sys.executable, "-u", "-c", RUNNER, str(tokens_path), str(out / "model.pt"), str(out / "curve.csv"),
+           str(init_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    if kill_after_step is not None:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(f"step {kill_after_step}/"):
+                proc.send_signal(signal.SIGTERM)
+                break
+    rest, _ = proc.communicate(timeout=300)
+    return proc.returncode, "".join(lines) + rest, out
+
+
+def test_sigterm_then_rerun_equals_uninterrupted_run(tiny_model, tmp_path):
+    tokens_path, init_path = tmp_path / "tokens.pt", tmp_path / "init.pt"
+    save_torch(tokens_path, {"tokens": {"train": corpus_tokens(), "validation": corpus_tokens(seed=1)},
+                             "tokenizer_sha256": "sha"})
+    save_checkpoint(init_path, tiny_model, "sha")
+
+    code, log, straight = run_finetune(tmp_path, "straight", tokens_path, init_path)
+    assert code == 0, log
+    code, log, _ = run_finetune(tmp_path, "interrupted", tokens_path, init_path, kill_after_step=25)
+    assert code == 75, log  # non-zero: Snakemake retries
+    interrupted = tmp_path / "interrupted"
+    assert "SIGTERM at step" in log and (interrupted / "train_state.pt").exists()
+    assert not (interrupted / "model.pt").exists()
+    # the retry: same command, same output folder
+    cmd_out = subprocess.run(
+        [sys.executable, "-u", "-c", RUNNER, str(tokens_path), str(interrupted / "model.pt"),
+         str(interrupted / "curve.csv"), str(init_path)], capture_output=True, text=True, timeout=300)
+    assert cmd_out.returncode == 0, cmd_out.stdout + cmd_out.stderr
+    assert "resumed from" in cmd_out.stdout
+    assert not (interrupted / "train_state.pt").exists()
+
+    a, _ = load_checkpoint(straight / "model.pt")
+    b, _ = load_checkpoint(interrupted / "model.pt")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    import pandas as pd
+
+    ca, cb = pd.read_csv(straight / "curve.csv"), pd.read_csv(interrupted / "curve.csv")
+    cols = ["step", "train_loss", "val_ppl", "lr"]
+    pd.testing.assert_frame_equal(ca[cols], cb[cols])

@@ -1,0 +1,129 @@
+"""The workflow through Snakemake itself, on the tiny study of config/ci.yaml, in a copy of the project."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+RULES = ["prepare_corpus", "train_tokenizer", "tokenize", "train_baseline", "analyze", "evaluate",
+         "score_importance", "prune", "finetune", "quantize", "benchmark", "summary", "report"]
+
+pytestmark = pytest.mark.slow
+
+
+def copy_project(dest: Path) -> Path:
+    for name in ("Snakefile", "rules", "scripts", "config", "report", "profiles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    return dest
+
+
+def snakemake(workdir: Path, *args, check=True):
+    run = subprocess.run([*SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, timeout=1200)
+    if check and run.returncode != 0:
+        raise AssertionError(run.stdout[-4000:] + run.stderr[-4000:])
+    return run
+
+
+def planned_jobs(run) -> dict:
+    """Job counts from a dry run's 'Job stats' table."""
+    text = run.stdout + run.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:")[1].split("total")[0]
+    jobs = {}
+    for line in table.splitlines()[3:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The tiny study, run once for the module."""
+    workdir = copy_project(tmp_path_factory.mktemp("study"))
+    start = time.perf_counter()
+    snakemake(workdir, "all", "--cores", "2", "--configfile", "config/ci.yaml")
+    print(f"tiny study: {time.perf_counter() - start:.0f} s")
+    return workdir
+
+
+def test_dry_run_lists_every_rule(tmp_path):
+    workdir = copy_project(tmp_path)
+    jobs = planned_jobs(snakemake(workdir, "all", "-n", "--cores", "2", "--configfile", "config/ci.yaml"))
+    assert set(RULES) <= set(jobs), set(RULES) - set(jobs)
+    assert jobs["prune"] == 2 and jobs["finetune"] == 3 and jobs["quantize"] == 4
+
+
+def test_lint_is_clean():
+    run = snakemake(ROOT, "--lint", check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Congratulations" in run.stdout + run.stderr
+
+
+def test_every_artifact_is_produced(study):
+    results = study / "results"
+    expected = ["corpus/stats.json", "tokenizer/tokenizer.json", "tokens/tokens.pt", "analysis/params.json",
+                "analysis/params.csv", "analysis/groups.csv", "models/baseline/dense/model.pt",
+                "models/baseline/dense/curve.csv", "importance/l1.pt", "importance/random.csv",
+                "models/pruned/l1-t40/prune_stats.json", "models/finetuned/dense/model.pt",
+                "models/int4-finetuned/l1-t40/quant_stats.json", "bench/speed.csv", "bench/latency.csv",
+                "bench/samples.json", "metrics/summary.csv", "report.html"]
+    missing = [p for p in expected if not (results / p).is_file()]
+    assert not missing
+    for rule in ("train_baseline", "report"):
+        assert (study / "logs" / f"{rule}.log").is_file() and (study / "benchmarks" / f"{rule}.tsv").is_file()
+
+
+def test_summary_has_a_complete_row_per_model(study):
+    summary = pd.read_csv(study / "results/metrics/summary.csv")
+    assert list(summary.columns[:9]) == ["model", "stage", "criterion", "target", "params", "file_bytes", "test_ppl",
+                                         "tokens_per_s", "step_latency_ms"]
+    assert len(summary) == 10 and summary["model"].is_unique
+    assert not summary[["params", "file_bytes", "test_ppl", "tokens_per_s", "step_latency_ms"]].isna().any().any()
+    by = summary.set_index("model")
+    assert by.loc["pruned/l1-t40", "params"] < 0.62 * by.loc["baseline/dense", "params"]
+    assert by.loc["pruned/l1-t40", "file_bytes"] < 0.65 * by.loc["baseline/dense", "file_bytes"]
+    assert by.loc["int4-baseline/dense", "file_bytes"] < 0.25 * by.loc["baseline/dense", "file_bytes"]
+    assert by.loc["baseline/dense", "test_ppl"] < 1000  # a 1000-token vocabulary: the baseline learned
+
+
+def test_baseline_learned(study):
+    curve = pd.read_csv(study / "results/models/baseline/dense/curve.csv")
+    assert curve["train_loss"].iloc[-5:].mean() < curve["train_loss"].iloc[:3].mean() - 1.0
+
+
+def test_report_is_self_contained(study):
+    page = (study / "results/report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 6
+    for section in ("Summary", "Plan vs measured", "Parameter distribution", "Importance", "Pruning", "Training",
+                    "Size and quality", "Speed", "Sample generations", "Cost per rule", "Study config"):
+        assert f"<h2>{section}</h2>" in page, section
+    assert "http://" not in page and "https://" not in page.replace("https://json-schema.org", "")
+
+
+def test_up_to_date_study_reruns_nothing_and_report_inputs_rerun_only_report(study):
+    assert planned_jobs(snakemake(study, "all", "-n", "--cores", "2", "--configfile", "config/ci.yaml")) == {}
+    samples = study / "results/bench/samples.json"
+    samples.write_text(json.dumps(json.loads(samples.read_text())))  # same content, newer file
+    os.utime(samples, None)
+    jobs = planned_jobs(snakemake(study, "all", "-n", "--cores", "2", "--configfile", "config/ci.yaml"))
+    assert set(jobs) == {"report", "all"}, jobs
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    workdir = copy_project(tmp_path)
+    (workdir / "bad.yaml").write_text("pruning:\n  criteria: [l1]\n  targets: [0.97]\n")
+    run = snakemake(workdir, "all", "--cores", "1", "--configfile", "config/ci.yaml", "bad.yaml", check=False)
+    assert run.returncode != 0
+    assert "pruning.targets: removing 97% of the parameters is infeasible" in run.stdout + run.stderr
+    assert not (workdir / "results").exists()
