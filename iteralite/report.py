@@ -175,6 +175,22 @@ def plan_vs_measured(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def finetune_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Each variant's perplexity before and after fine-tuning, against the baseline and the equal-budget control."""
+    ppl = summary.set_index("model")["test_ppl"]
+    base, control = ppl.get("baseline/dense"), ppl.get("finetuned/dense")
+    rows = []
+    for model in ppl.index:
+        stage, _, variant = model.partition("/")
+        if stage != "finetuned" or variant == "dense":
+            continue
+        after = ppl[model]
+        rows.append({"variant": variant, "pruned": ppl.get(f"pruned/{variant}"), "fine-tuned": after,
+                     "baseline": base, "vs baseline": f"{after / base - 1:+.1%}",
+                     "control": control, "vs control": f"{after / control - 1:+.1%}" if control else ""})
+    return pd.DataFrame(rows)
+
+
 def samples_html(samples: dict) -> str:
     parts = []
     for model, texts in samples.items():
@@ -220,7 +236,10 @@ def build(inputs: dict, config: dict, benchmarks_dir: str, out_path: str) -> Non
                           "removed": f"{s['removed_fraction']:.1%}", "bytes before": s["file_bytes_before"],
                           "bytes after": s["file_bytes_after"], "ratios": json.dumps(s["plan"]["ratios"])}
                          for s in prune_stats]))]
-    sections += ["<h2>Training</h2>", curves_plot(inputs["baseline_curve"], _as_list(inputs.get("finetune_curves")))]
+    sections += ["<h2>Training</h2>", curves_plot(inputs["baseline_curve"], _as_list(inputs.get("finetune_curves"))),
+                 "<p>Test perplexity of every variant after pruning and after fine-tuning, against the baseline and "
+                 "the control (the dense baseline fine-tuned with the same budget: extra training alone).</p>",
+                 table_html(finetune_table(summary))]
     sections += ["<h2>Size and quality</h2>", tradeoff_plot(summary)]
     if inputs.get("quant_stats"):
         quant = [read_json(p) for p in _as_list(inputs["quant_stats"])]

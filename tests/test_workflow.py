@@ -127,3 +127,16 @@ def test_bad_config_fails_before_any_job(tmp_path):
     assert run.returncode != 0
     assert "pruning.targets: removing 97% of the parameters is infeasible" in run.stdout + run.stderr
     assert not (workdir / "results").exists()
+
+
+def test_same_config_and_seed_give_identical_numbers(study, tmp_path):
+    """The baseline branch of the tiny study, run again in a fresh copy, gives the same metrics and weights."""
+    import torch
+
+    workdir = copy_project(tmp_path)
+    target = "results/metrics/models/baseline/dense.json"
+    snakemake(workdir, target, "--cores", "2", "--configfile", "config/ci.yaml")
+    assert json.loads((workdir / target).read_text()) == json.loads((study / target).read_text())
+    a = torch.load(workdir / "results/models/baseline/dense/model.pt", weights_only=True)["state_dict"]
+    b = torch.load(study / "results/models/baseline/dense/model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

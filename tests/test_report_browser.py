@@ -1,0 +1,82 @@
+"""The report in headless Chromium (Debian's package): every image loads, no request leaves the machine.
+
+A screenshot is kept in test-artifacts/report.png. Uses the tiny study of test_workflow.
+"""
+
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from test_workflow import ROOT, study  # noqa: F401 (the module-scoped fixture)
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.title = `images ${ok}/${imgs.length}`;
+});
+</script></body>"""
+
+
+class ConnectionCounter:
+    """A proxy that accepts and counts connections: Chromium is told to send every request through it."""
+
+    def __init__(self):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.server.settimeout(0.2)
+        self.port, self.count, self.stop = self.server.getsockname()[1], 0, False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stop:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                continue
+            self.count += 1
+            conn.close()
+
+    def close(self):
+        self.stop = True
+        self.thread.join(2)
+        self.server.close()
+
+
+def chromium(args, tmp_path, proxy_port):
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-default-apps", f"--user-data-dir={tmp_path / 'profile'}",
+             f"--proxy-server=http://127.0.0.1:{proxy_port}", "--proxy-bypass-list=<-loopback>",
+             "--virtual-time-budget=5000"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_renders_offline_with_every_image(study, tmp_path):  # noqa: F811
+    page = (study / "results/report.html").read_text()
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE))
+    proxy = ConnectionCounter()
+    try:
+        dom = chromium(["--dump-dom", probe.as_uri()], tmp_path, proxy.port)
+        artifacts = ROOT / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        shot = chromium([f"--screenshot={artifacts / 'report.png'}", "--window-size=1200,2400",
+                         (study / "results/report.html").as_uri()], tmp_path, proxy.port)
+    finally:
+        proxy.close()
+    n_images = page.count("<img ")
+    assert n_images >= 6
+    assert f"<title>images {n_images}/{n_images}</title>" in dom.stdout, dom.stdout[:300] + dom.stderr[-2000:]
+    assert proxy.count == 0, f"{proxy.count} connection(s) left the page"
+    assert shot.returncode == 0 and Path(artifacts / "report.png").stat().st_size > 20_000
