@@ -66,8 +66,8 @@ def importance_plot(paths: list[str]) -> str:
     fig, ax = plt.subplots(figsize=(8, 3.5))
     sns.boxplot(frame, x="kind", y="score", hue="criterion", ax=ax, fliersize=1)
     ax.set_ylabel("score / group max")
-    return figure_html(fig, "Importance scores per group kind and criterion, each group scaled to its maximum: "
-                            "a criterion that spreads scores widely separates channels more clearly than random.")
+    return figure_html(fig, "Importance scores per group kind and criterion, each group scaled to its maximum; "
+                            "random is the control (whole experts use the routing criterion unless random).")
 
 
 def kept_heatmap(paths: list[str]) -> str:

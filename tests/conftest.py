@@ -1,3 +1,9 @@
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,3 +25,34 @@ def tiny_model(tiny_cfg):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model
+
+
+# --- the workflow through Snakemake, in a copy of the project -------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_project(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "rules", "scripts", "config", "report", "profiles", "envs"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    return dest
+
+
+def snakemake(workdir: Path, *args, check=True):
+    run = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True,
+                         timeout=1200)
+    if check and run.returncode != 0:
+        raise AssertionError(run.stdout[-4000:] + run.stderr[-4000:])
+    return run
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory):
+    """The tiny study of config/ci.yaml, run once per test session."""
+    workdir = copy_project(tmp_path_factory.mktemp("study"))
+    start = time.perf_counter()
+    snakemake(workdir, "all", "--cores", "2", "--configfile", "config/ci.yaml")
+    print(f"tiny study: {time.perf_counter() - start:.0f} s")
+    return workdir

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import ROOT, copy_project
+from conftest import ROOT, copy_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 

@@ -2,35 +2,15 @@
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import ROOT, copy_project, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 RULES = ["prepare_corpus", "train_tokenizer", "tokenize", "train_baseline", "analyze", "evaluate",
          "score_importance", "prune", "finetune", "quantize", "benchmark", "summary", "report"]
 
 pytestmark = pytest.mark.slow
-
-
-def copy_project(dest: Path) -> Path:
-    for name in ("Snakefile", "rules", "scripts", "config", "report", "profiles"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
-    return dest
-
-
-def snakemake(workdir: Path, *args, check=True):
-    run = subprocess.run([*SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, timeout=1200)
-    if check and run.returncode != 0:
-        raise AssertionError(run.stdout[-4000:] + run.stderr[-4000:])
-    return run
 
 
 def planned_jobs(run) -> dict:
@@ -45,16 +25,6 @@ def planned_jobs(run) -> dict:
         if len(parts) == 2 and parts[1].isdigit():
             jobs[parts[0]] = int(parts[1])
     return jobs
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """The tiny study, run once for the module."""
-    workdir = copy_project(tmp_path_factory.mktemp("study"))
-    start = time.perf_counter()
-    snakemake(workdir, "all", "--cores", "2", "--configfile", "config/ci.yaml")
-    print(f"tiny study: {time.perf_counter() - start:.0f} s")
-    return workdir
 
 
 def test_dry_run_lists_every_rule(tmp_path):
@@ -94,7 +64,7 @@ def test_summary_has_a_complete_row_per_model(study):
     assert by.loc["pruned/l1-t40", "params"] < 0.62 * by.loc["baseline/dense", "params"]
     assert by.loc["pruned/l1-t40", "file_bytes"] < 0.65 * by.loc["baseline/dense", "file_bytes"]
     assert by.loc["int4-baseline/dense", "file_bytes"] < 0.25 * by.loc["baseline/dense", "file_bytes"]
-    assert by.loc["baseline/dense", "test_ppl"] < 1000  # a 1000-token vocabulary: the baseline learned
+    assert by.loc["baseline/dense", "test_ppl"] < 400  # a 1000-token vocabulary: chance is 1000
 
 
 def test_baseline_learned(study):
