@@ -19,8 +19,12 @@ def machine() -> str:
 
 
 def weight_bytes(model) -> int:
-    """Bytes the model's weights occupy in memory (parameters and buffers, 4-bit nibbles counted as stored)."""
+    """Bytes the model's weights occupy in memory: parameters, buffers (4-bit nibbles as stored), and what an INT4
+    layer built at load time (kernel layout, or float32 weights on the unpacked path)."""
     tensors = list(model.parameters()) + list(model.buffers())
+    for module in model.modules():
+        tensors += [t for t in (getattr(module, "unpacked", None), *(getattr(module, "packed", None) or ()))
+                    if isinstance(t, torch.Tensor)]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -63,7 +67,8 @@ def measure(models: dict, test_tokens: torch.Tensor, cfg: dict) -> tuple[pd.Data
         {"model": name, "tokens_per_s": batch.numel() / statistics.median(forward[name]),
          "forward_ms": 1000 * statistics.median(forward[name]),
          "step_latency_ms": 1000 * statistics.median(steps[(name, contexts[-1])]),
-         "weight_mem_mb": weight_bytes(model) / 2**20, "batch": f"{batch_size}x{seq}", "threads": threads,
+         "weight_mem_mb": weight_bytes(model) / 2**20, "int4_path": getattr(model, "int4_path", ""),
+         "batch": f"{batch_size}x{seq}", "threads": threads,
          "repeats": repeats, "machine": machine()}
         for name, model in models.items()
     ])

@@ -9,6 +9,12 @@ packed layout of torch's int4 matmul depends on the CPU's instruction set, so it
 that runs the model (`Int4Linear.prepare`); where the kernel is missing or a shape does not fit it, the layer
 dequantizes its weight on the fly (the fallback path).
 
+Which path runs is chosen per machine (`load_quantized(path=...)`): "kernel" (int4 matmul, 4-bit weights in memory),
+"dequantize" (4-bit in memory, dequantized at every call) or "unpacked" (dequantized once at load: float32 speed and
+memory, the file stays 4-bit). "auto" takes the kernel where it beats a float32 matmul on this machine (measured at
+load on the LM head's shape) and "unpacked" otherwise: on the project's AVX2-only CPU the kernel was 2.6x slower
+than float32 at 1024 tokens (README, "INT4").
+
 Dequantization: w = q * scale + zero, q in [0, 15], zero = the group's minimum. torch's kernels compute
 (q - 8) * scale + zero', so zero' = zero + 8 * scale.
 """
@@ -82,9 +88,14 @@ class Int4Linear(nn.Module):
         self.group_size, self.in_features = qt["group_size"], qt["k"]
         self.out_features = qt["nibbles"].shape[0]
         self.packed = None  # (kernel layout, scales_and_zeros), built by prepare()
+        self.unpacked = None  # float32 weight, built by unpack()
 
     def weight_fp32(self) -> torch.Tensor:
         return dequantize(self.nibbles, self.scale, self.zero, self.group_size, self.in_features)
+
+    def unpack(self) -> None:
+        """Dequantize once: float32 speed and memory from here on."""
+        self.unpacked = self.weight_fp32()
 
     def prepare(self) -> bool:
         """Build the int4 kernel's layout for this machine; False (fallback path) where it does not apply."""
@@ -129,7 +140,12 @@ class Int4Linear(nn.Module):
 
     def forward(self, x):  # (..., K) -> (..., N)
         x2d = x.reshape(-1, self.in_features)
-        y = self._kernel(x2d) if self.packed is not None else self._fallback(x2d)
+        if self.packed is not None:
+            y = self._kernel(x2d)
+        elif self.unpacked is not None:
+            y = x2d.float() @ self.unpacked.t()
+        else:
+            y = self._fallback(x2d)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -139,6 +155,8 @@ class Int4Embedding(Int4Linear):
     """The tied token table in 4 bits: a lookup dequantizes only the gathered rows; as LM head it is an Int4Linear."""
 
     def forward(self, idx):  # (...) ids -> (..., d)
+        if self.unpacked is not None:
+            return F.embedding(idx, self.unpacked)
         flat = idx.reshape(-1)
         rows = dequantize(self.nibbles[flat], self.scale[flat], self.zero[flat], self.group_size, self.in_features)
         return rows.reshape(*idx.shape, self.in_features)
@@ -230,8 +248,38 @@ def save_quantized(path, blob: dict) -> None:
     save_torch(path, blob)
 
 
-def load_quantized(path, device="cpu", use_kernel: bool = True) -> QuantizedIteraLite:
-    """Rebuild an inference model from an INT4 file; the kernel layout is packed here, for this machine."""
+PATHS = ("auto", "kernel", "dequantize", "unpacked")
+
+
+def kernel_beats_fp32(tokens: int = 128, n: int = 8000, k: int = 128, group_size: int = 32) -> bool:
+    """Time torch's CPU int4 matmul against a float32 matmul on the LM head's shape, on this machine."""
+    import time
+
+    try:
+        q = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        sz = torch.ones(k // group_size, n, 2, dtype=torch.bfloat16)
+    except (RuntimeError, AttributeError):
+        return False
+    x, w = torch.randn(tokens, k), torch.randn(n, k)
+
+    def best_of(fn, repeats=5):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    int4 = best_of(lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed, group_size, sz))
+    return int4 < best_of(lambda: x @ w.t())
+
+
+def load_quantized(path, device="cpu", path_mode: str = "auto") -> QuantizedIteraLite:
+    """Rebuild an inference model from an INT4 file; its matmul path is chosen here, for this machine."""
+    if path_mode not in PATHS:
+        raise ValueError(f"INT4 path must be one of {PATHS}, got {path_mode!r}")
     blob = load_torch(path, "INT4 model")
     cfg = IteraLiteConfig.from_dict(blob["config"])
     with torch.device("meta"):
@@ -251,9 +299,15 @@ def load_quantized(path, device="cpu", use_kernel: bool = True) -> QuantizedIter
         raise ValueError(f"INT4 file {path} lacks tensors {missing[:5]}")
     model.n_params = int(blob["n_params"])
     model.to(device).eval()
-    if use_kernel:
-        fast = [m.prepare() for m in model.modules() if isinstance(m, Int4Linear)]
-        model.kernel_layers = (sum(fast), len(fast))
-    else:
-        model.kernel_layers = (0, sum(isinstance(m, Int4Linear) for m in model.modules()))
+    if path_mode == "auto":
+        path_mode = "kernel" if torch.device(device).type == "cuda" or kernel_beats_fp32() else "unpacked"
+    layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    on_kernel = 0
+    for layer in layers:
+        if path_mode == "unpacked":
+            layer.unpack()
+        elif path_mode == "kernel":
+            on_kernel += layer.prepare()
+    model.int4_path = path_mode
+    model.kernel_layers = (on_kernel, len(layers))
     return model

@@ -33,7 +33,8 @@ def build_models(config: dict) -> dict:
                                            config["quantize"]["keep_high_precision"], "")
             path = f"{tmp}/{len(models)}.pt"
             quant.save_quantized(path, blob)
-            models[name.replace("fp32", "int4")] = quant.load_quantized(path)
+            for mode in ("kernel", "unpacked"):
+                models[name.replace("fp32", f"int4 {mode}")] = quant.load_quantized(path, path_mode=mode)
     return models
 
 
@@ -46,10 +47,11 @@ def main(argv: list[str]) -> None:
     speed, latency = bench.measure(models, tokens, {**config["benchmark"], "repeats": 7})
     base = speed.iloc[0]
     print(f"{bench.machine()}, {threads} thread(s), batch {base['batch']}, median of 7, side by side\n")
-    print(f"{'model':<22}{'params':>10}{'tokens/s':>11}{'speedup':>9}{'step ms':>9}{'weights MB':>12}")
+    print(f"int4 path chosen by 'auto' here: {'kernel' if quant.kernel_beats_fp32() else 'unpacked'}")
+    print(f"{'model':<27}{'params':>10}{'tokens/s':>11}{'speedup':>9}{'step ms':>9}{'weights MB':>12}")
     for (name, model), (_, row) in zip(models.items(), speed.iterrows()):
         n = getattr(model, "n_params", None) or count_parameters(model)
-        print(f"{name:<22}{n:>10,}{row['tokens_per_s']:>11,.0f}{row['tokens_per_s'] / base['tokens_per_s']:>8.2f}x"
+        print(f"{name:<27}{n:>10,}{row['tokens_per_s']:>11,.0f}{row['tokens_per_s'] / base['tokens_per_s']:>8.2f}x"
               f"{row['step_latency_ms']:>9.2f}{row['weight_mem_mb']:>12.2f}")
     print("\nstep latency (ms) by context length:")
     print(latency.pivot(index="model", columns="context", values="latency_ms").round(2).to_string())

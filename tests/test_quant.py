@@ -30,14 +30,18 @@ def test_dequantization_error_is_bounded_by_half_a_step(group_size):
 def test_fast_path_matches_fallback(tiny_model, tmp_path):
     blob, _ = quant.quantize_model(tiny_model, 32, ["A_log", "D", "conv1d", "norm", "bias"], "sha")
     quant.save_quantized(tmp_path / "m.pt", blob)
-    fast = quant.load_quantized(tmp_path / "m.pt")
-    slow = quant.load_quantized(tmp_path / "m.pt", use_kernel=False)
+    fast = quant.load_quantized(tmp_path / "m.pt", path_mode="kernel")
+    slow = quant.load_quantized(tmp_path / "m.pt", path_mode="dequantize")
+    unpacked = quant.load_quantized(tmp_path / "m.pt", path_mode="unpacked")
     assert fast.kernel_layers[0] > 0, "the int4 kernel was used for no layer"
     idx = torch.randint(0, 300, (2, 32), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         a, _ = fast(idx)
         b, _ = slow(idx)
+        c, _ = unpacked(idx)
     assert (a - b).abs().max() / b.abs().max() < 0.05  # bf16 activations on the kernel path
+    torch.testing.assert_close(c, b, rtol=1e-4, atol=1e-4)  # the same float32 weights, dequantized once
+    assert unpacked.int4_path == "unpacked" and unpacked.kernel_layers[0] == 0
 
 
 def test_file_size_is_near_the_theoretical_byte_count(tmp_path):
@@ -61,7 +65,7 @@ def test_tie_survives_and_table_is_stored_once(tiny_model, tmp_path):
     names = [e["name"] for e in blob["index"]]
     assert names.count("tok_emb.weight") == 1 and not any("head" in n for n in names)
     quant.save_quantized(tmp_path / "m.pt", blob)
-    model = quant.load_quantized(tmp_path / "m.pt", use_kernel=False)
+    model = quant.load_quantized(tmp_path / "m.pt", path_mode="dequantize")
     hidden = torch.randn(3, 32)
     rows = model.tok_emb(torch.arange(300))
     torch.testing.assert_close(model.head(hidden), hidden @ rows.t(), rtol=1e-4, atol=1e-4)
