@@ -29,6 +29,25 @@ def weight_bytes(model) -> int:
 
 
 @torch.no_grad()
+def peak_forward_bytes(model, batch) -> int:
+    """Weights plus the peak of memory allocated during one batched forward (CPU allocator events of the
+    profiler, summed in order; on CUDA the allocator's own peak)."""
+    if batch.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        model(batch)
+        return torch.cuda.max_memory_allocated()
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model(batch)
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage  # allocations minus frees of the op itself, nested ops apart
+        peak = max(peak, live)
+    return weight_bytes(model) + peak
+
+
+@torch.no_grad()
 def _time_forward(model, batch) -> float:
     start = time.perf_counter()
     model(batch)
@@ -67,7 +86,8 @@ def measure(models: dict, test_tokens: torch.Tensor, cfg: dict) -> tuple[pd.Data
         {"model": name, "tokens_per_s": batch.numel() / statistics.median(forward[name]),
          "forward_ms": 1000 * statistics.median(forward[name]),
          "step_latency_ms": 1000 * statistics.median(steps[(name, contexts[-1])]),
-         "weight_mem_mb": weight_bytes(model) / 2**20, "int4_path": getattr(model, "int4_path", ""),
+         "weight_mem_mb": weight_bytes(model) / 2**20, "peak_mem_mb": peak_forward_bytes(model, batch) / 2**20,
+         "int4_path": getattr(model, "int4_path", ""),
          "batch": f"{batch_size}x{seq}", "threads": threads,
          "repeats": repeats, "machine": machine()}
         for name, model in models.items()

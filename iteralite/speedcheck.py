@@ -53,8 +53,10 @@ def main(argv: list[str]) -> None:
         n = getattr(model, "n_params", None) or count_parameters(model)
         print(f"{name:<27}{n:>10,}{row['tokens_per_s']:>11,.0f}{row['tokens_per_s'] / base['tokens_per_s']:>8.2f}x"
               f"{row['step_latency_ms']:>9.2f}{row['weight_mem_mb']:>12.2f}")
-    print("\nstep latency (ms) by context length:")
-    print(latency.pivot(index="model", columns="context", values="latency_ms").round(2).to_string())
+    table = latency.pivot(index="model", columns="context", values="latency_ms")
+    table["longest / shortest"] = table[table.columns.max()] / table[table.columns.min()]
+    print("\nstep latency (ms) by context length (flat: the SSM state is O(1)):")
+    print(table.round(2).to_string())
 
 
 if __name__ == "__main__":

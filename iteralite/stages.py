@@ -165,7 +165,7 @@ SUMMARY_COLUMNS = ["model", "stage", "criterion", "target", "params", "file_byte
 def summarize(metric_paths: list[str], speed_csv: str | None, out_csv: str) -> pd.DataFrame:
     rows = pd.DataFrame([read_json(p) for p in metric_paths])
     if speed_csv:
-        speed = pd.read_csv(speed_csv)[["model", "tokens_per_s", "step_latency_ms", "weight_mem_mb"]]
+        speed = pd.read_csv(speed_csv)[["model", "tokens_per_s", "step_latency_ms", "peak_mem_mb", "weight_mem_mb"]]
         rows = rows.merge(speed, on="model", how="left")
     for column in SUMMARY_COLUMNS:
         if column not in rows:

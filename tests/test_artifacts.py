@@ -67,3 +67,27 @@ def test_interrupted_write_leaves_nothing(tmp_path):
     assert not target.exists() and list(tmp_path.iterdir()) == []
     write_json(target, {"a": 1})
     assert target.read_text().strip().startswith("{") and oct(target.stat().st_mode & 0o777) != "0o600"
+
+
+def test_user_baseline_checkpoint_is_checked_against_config(tiny_model, tmp_path):
+    from iteralite import stages
+    from iteralite.artifacts import save_torch
+
+    config = {"seed": 0, "tokenizer": {"vocab_size": 300},
+              "model": {k: v for k, v in tiny_model.cfg.to_dict().items()
+                        if k in ("d_model", "n_layers", "max_seq", "d_inner", "d_state", "d_conv", "n_experts",
+                                 "expert_hidden", "top_k")}}
+    tokens = tmp_path / "tokens.pt"
+    save_torch(tokens, {"tokens": {}, "tokenizer_sha256": "sha"})
+    user = tmp_path / "user.pt"
+    save_checkpoint(user, tiny_model, "sha")
+    out = tmp_path / "out" / "model.pt"
+    stages.use_checkpoint(config, str(user), str(tokens), str(out), str(tmp_path / "out" / "curve.csv"))
+    assert load_checkpoint(out)[0].cfg == tiny_model.cfg
+    config["model"]["d_model"] = 64
+    with pytest.raises(CheckpointError, match=f"model.checkpoint {user} does not match the config's model"):
+        stages.use_checkpoint(config, str(user), str(tokens), str(tmp_path / "o2.pt"), str(tmp_path / "c2.csv"))
+    config["model"]["d_model"] = 32
+    save_torch(tokens, {"tokens": {}, "tokenizer_sha256": "other"})
+    with pytest.raises(CheckpointError, match="trained with another tokenizer"):
+        stages.use_checkpoint(config, str(user), str(tokens), str(tmp_path / "o3.pt"), str(tmp_path / "c3.csv"))
