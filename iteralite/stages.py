@@ -150,7 +150,6 @@ def model_row(model_id: str, path: str, model) -> dict:
 def evaluate(model_id: str, model_path: str, tokens_path: str, test_tokens: int, out_json: str) -> None:
     model = load_any(model_path)
     tokens, _ = load_tokens(tokens_path)
-    torch.manual_seed(0)
     row = model_row(model_id, model_path, model)
     row["test_ppl"] = perplexity(model, tokens["test"], test_tokens)
     write_json(out_json, row)
