@@ -55,14 +55,17 @@ def _time_forward(model, batch) -> float:
 
 
 @torch.no_grad()
-def _time_step(model, prompt, context: int) -> float:
-    """Seconds for one generation step at position context-1, after a (untimed) prefill of context-1 tokens."""
+def _time_step(model, prompt, context: int, timed: int = 8) -> float:
+    """Seconds per generation step over the last `timed` steps up to position context-1, after an untimed prefill:
+    one step takes milliseconds, so a block of steps is timed to keep clock jitter out of the figure."""
+    timed = min(timed, context)
     cache = model.empty_cache(prompt.shape[0])
-    for position in range(context - 1):
+    for position in range(context - timed):
         _, cache = model.step(prompt[:, position], position, cache)
     start = time.perf_counter()
-    model.step(prompt[:, context - 1], context - 1, cache)
-    return time.perf_counter() - start
+    for position in range(context - timed, context):
+        _, cache = model.step(prompt[:, position], position, cache)
+    return (time.perf_counter() - start) / timed
 
 
 def measure(models: dict, test_tokens: torch.Tensor, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -11,6 +11,7 @@ import math
 import os
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -121,6 +122,9 @@ def tradeoff_plot(summary: pd.DataFrame) -> str:
     front = pareto_front(frame)
     ax.plot(front["file_bytes"] / 1e6, front["test_ppl"], "k--", lw=1, label="Pareto front")
     ax.set(xscale="log", yscale="log", xlabel="file size (MB)", ylabel="test perplexity")
+    for axis in (ax.xaxis, ax.yaxis):  # plain numbers on the log axes
+        axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     return figure_html(fig, "Size against test perplexity for every model; the dashed line joins the models that "
                             "no other model beats on both.")
