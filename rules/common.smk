@@ -6,7 +6,7 @@ from snakemake.exceptions import WorkflowError
 from iteralite import study
 
 # Large scan tensors: keep freed memory in the process instead of returning it to the OS on every step
-# (measured 2x faster training steps on the project's CPU; README, "Training speed").
+# (measured 2x faster training steps on the project's CPU; README, "Measured figures").
 os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296")
 
 
