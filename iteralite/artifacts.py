@@ -1,12 +1,13 @@
-"""Atomic artifact writes and safe checkpoint I/O.
+"""Atomic artifact writes and safe torch file loading.
 
 Every file is written to a temporary name beside its target and renamed into place, so a job killed mid-write never
-leaves an output that a rerun takes as complete. Checkpoints hold plain tensors and containers only and load with
-torch.load(weights_only=True): a checkpoint cannot run code.
+leaves an output that a rerun takes as complete. Torch files hold plain tensors and containers only and load with
+torch.load(weights_only=True): a file cannot run code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -15,13 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .model import IteraLite, IteraLiteConfig
-
-CHECKPOINT_FORMAT = "iteralite-checkpoint-v1"
-
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be trusted or used; the message names the file."""
+    """A checkpoint or other torch file that cannot be trusted or used; the message names the file."""
 
 
 @contextmanager
@@ -77,29 +74,9 @@ def load_torch(path, what: str = "file"):
         raise CheckpointError(f"{what} {path} is not a loadable weights-only torch file ({first})") from None
 
 
-def save_checkpoint(path, model: IteraLite, tokenizer_sha256: str, meta: dict | None = None) -> None:
-    """An IteraLite checkpoint: its config (enough to rebuild it), weights and the tokenizer fingerprint."""
-    save_torch(
-        path,
-        {
-            "format": CHECKPOINT_FORMAT,
-            "config": model.cfg.to_dict(),
-            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-            "tokenizer_sha256": tokenizer_sha256,
-            "meta": meta or {},
-        },
-    )
-
-
-def load_checkpoint(path, device="cpu") -> tuple[IteraLite, dict]:
-    """Rebuild the model a checkpoint describes; returns (model, the checkpoint's other fields)."""
-    blob = load_torch(path, "checkpoint")
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not an IteraLite checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    try:
-        cfg = IteraLiteConfig.from_dict(blob["config"])
-        model = IteraLite(cfg)
-        model.load_state_dict(blob["state_dict"])
-    except (ValueError, RuntimeError, TypeError, KeyError) as err:
-        raise CheckpointError(f"checkpoint {path} does not match its model config: {err}") from None
-    return model.to(device), {k: v for k, v in blob.items() if k != "state_dict"}
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

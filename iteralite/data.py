@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
+
+from .artifacts import load_torch
 
 EMBEDDED_CORPUS = Path(__file__).parent / "data" / "austen.jsonl.gz"
 SPLITS = ("train", "validation", "test")
@@ -157,8 +158,10 @@ def load_tokenizer(path: str):
     return Tokenizer.from_file(str(path))
 
 
-def file_sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def load_tokens(path: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The token ids of every split, and the SHA-256 of the tokenizer that made them."""
+    blob = load_torch(path, "token file")
+    return blob["tokens"], blob["tokenizer_sha256"]
 
 
 def encode(tokenizer, text: str) -> torch.Tensor:

@@ -319,10 +319,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_model(cfg: IteraLiteConfig, device="cpu") -> IteraLite:
-    return IteraLite(cfg).to(device)
-
-
 def parameter_count(cfg: IteraLiteConfig) -> int:
     """Parameter count of a config, by arithmetic (the planner calls it thousands of times)."""
     d, n, k = cfg.d_model, cfg.d_state, cfg.d_conv

@@ -188,7 +188,6 @@ class Routing(Criterion):
 
 
 CRITERIA = {c.name: c for c in (L1(), L2(), Taylor(), ActivationAware(), Random(), Routing())}
-CHANNEL_CRITERIA = ("l1", "l2", "taylor", "wanda", "random")
 
 
 def criterion_for(group: Group, criterion: str, expert_criterion: str) -> Criterion:

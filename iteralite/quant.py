@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .artifacts import load_torch, save_torch
+from .checkpoint import load_checkpoint
 from .model import IteraLite, IteraLiteConfig, count_parameters
 
 INT4_FORMAT = "iteralite-int4-v1"
@@ -311,3 +312,11 @@ def load_quantized(path, device="cpu", path_mode: str = "auto") -> QuantizedIter
     model.int4_path = path_mode
     model.kernel_layers = (on_kernel, len(layers))
     return model
+
+
+def load_model(path, int4_path: str) -> nn.Module:
+    """An fp32 checkpoint or an INT4 file, as a CPU inference model; an INT4 file takes the matmul path `int4_path`."""
+    blob = load_torch(path, "model file")
+    if isinstance(blob, dict) and blob.get("format") == INT4_FORMAT:
+        return load_quantized(path, path_mode=int4_path)
+    return load_checkpoint(path)[0]

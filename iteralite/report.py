@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import glob
 import html
 import io
 import json
@@ -141,12 +140,13 @@ def speed_plot(speed: pd.DataFrame, latency: pd.DataFrame) -> str:
                             "state is O(1), so latency stays flat as the context grows.")
 
 
-def runtime_table(benchmarks_dir: str) -> pd.DataFrame:
+def runtime_table(benchmark_files: list[str]) -> pd.DataFrame:
+    """Wall time and peak memory of each job, from Snakemake's benchmark files (benchmarks/<job>.tsv)."""
     rows = []
-    for path in sorted(glob.glob(os.path.join(benchmarks_dir, "**", "*.tsv"), recursive=True)):
+    for path in benchmark_files:
         bench = pd.read_csv(path, sep="\t")
-        rule = os.path.relpath(path, benchmarks_dir).removesuffix(".tsv")
-        rows.append({"job": rule, "seconds": bench["s"].iloc[-1], "max_rss_mb": bench["max_rss"].iloc[-1]})
+        job = path.split("benchmarks/", 1)[-1].removesuffix(".tsv")
+        rows.append({"job": job, "seconds": bench["s"].iloc[-1], "max_rss_mb": bench["max_rss"].iloc[-1]})
     return pd.DataFrame(rows)
 
 
@@ -211,7 +211,7 @@ pre{background:#f6f6f6;padding:1em;font-size:12px;overflow:auto}
 li{margin:.3em 0;font-size:13px}"""
 
 
-def build(inputs: dict, config: dict, benchmarks_dir: str, out_path: str) -> None:
+def build(inputs: dict, config: dict, out_path: str) -> None:
     summary = pd.read_csv(inputs["summary"])
     analysis = read_json(inputs["analysis"])
     corpus = read_json(inputs["corpus"])
@@ -254,7 +254,7 @@ def build(inputs: dict, config: dict, benchmarks_dir: str, out_path: str) -> Non
     sections += ["<h2>Speed</h2>", speed_plot(speed, latency), table_html(speed.drop(columns=["machine"])),
                  "<h2>Sample generations</h2><p>The same prompts, seed and temperature (0.8) for every model.</p>",
                  samples_html(samples)]
-    runtimes = runtime_table(benchmarks_dir)
+    runtimes = runtime_table(_as_list(inputs.get("job_benchmarks")))
     if len(runtimes):
         sections += ["<h2>Cost per rule</h2><p>Wall time and peak memory of each job, from Snakemake's benchmark "
                      "files.</p>", table_html(runtimes)]

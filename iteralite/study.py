@@ -8,9 +8,7 @@ from __future__ import annotations
 import os
 
 from .model import IteraLiteConfig
-from .pruning import PlanError, plan_target
-
-STAGES = ("baseline", "pruned", "finetuned", "int4")
+from .pruning import CRITERIA, PlanError, plan_target
 
 
 class ConfigError(ValueError):
@@ -23,6 +21,49 @@ def model_config(config: dict) -> IteraLiteConfig:
         return IteraLiteConfig(vocab_size=config["tokenizer"]["vocab_size"], **values)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
+
+
+def config_slice(config: dict, keys, drop=()) -> dict:
+    """The given dotted keys of `config` (and nothing else), in the config's own nested shape, keys sorted at every
+    level, minus the dotted keys in `drop`. A rule's params are such slices: Snakemake reruns a job when a param's
+    value changes, so a rule must receive exactly the keys that change its output."""
+    sliced: dict = {}
+    for key in keys:
+        value, parts = config, key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(value, dict) or part not in value:
+                raise ConfigError(f"config has no key {'.'.join(parts[: i + 1])}")
+            value = value[part]
+        node = sliced
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    for key in drop:
+        *parents, last = key.split(".")
+        node = sliced
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
+    return _sorted(sliced)
+
+
+def _sorted(value):
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def importance_keys(config: dict, criterion: str) -> list[str]:
+    """The config keys a criterion's scores depend on (never the targets): the seed (random scores, calibration
+    windows), and the calibration settings when the criterion, or the expert criterion it implies, reads data."""
+    if criterion == "random":
+        return ["seed"]
+    keys = ["pruning.expert_criterion"]
+    if CRITERIA[criterion].needs_calibration or config["pruning"]["expert_criterion"] == "routing":
+        keys += ["seed", "pruning.calibration_batches", "train.batch_size", "train.aux_loss_weight"]
+    return keys
 
 
 def target_label(target) -> str:

@@ -143,8 +143,12 @@ def train(
     resume_path=None,
     teacher: IteraLite | None = None,
     device: torch.device | None = None,
+    fingerprint: dict | None = None,
 ) -> tuple[IteraLite, list[dict]]:
-    """Train in place; returns (the best model by validation perplexity, the curve as rows)."""
+    """Train in place; returns (the best model by validation perplexity, the curve as rows).
+
+    A resume state whose `fingerprint` (what determines the run: settings, input files, code) differs from this
+    run's is discarded, with a log line naming the parts that differ."""
     device = device or pick_device()
     model.to(device).train()
     if teacher is not None:
@@ -164,8 +168,15 @@ def train(
         optimizer, lambda s: lr_factor(s, total, warmup_steps, cfg.min_lr_ratio)
     )
     state = {"step": 0, "curve": [], "best_ppl": math.inf, "best_state": None, "stale_evals": 0, "elapsed": 0.0}
-    if resume_path and os.path.exists(resume_path):
-        saved = load_torch(resume_path, "training state")
+    saved = load_torch(resume_path, "training state") if resume_path and os.path.exists(resume_path) else None
+    if saved is not None and saved.get("fingerprint") != fingerprint:
+        made_by, this_run = saved.get("fingerprint") or {}, fingerprint or {}
+        changed = sorted(k for k in set(made_by) | set(this_run) if made_by.get(k) != this_run.get(k))
+        log.warning("discarding resume state %s: it was made by a different run (%s differ); starting afresh",
+                    resume_path, ", ".join(changed) or "fingerprint")
+        os.remove(resume_path)
+        saved = None
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
@@ -183,6 +194,7 @@ def train(
                     "schedule": schedule.state_dict(),
                     "data_rng": windows.generator.get_state(),
                     "loop": state,
+                    "fingerprint": fingerprint,
                 },
             )
 

@@ -3,12 +3,13 @@
 
 rule train_baseline:
     input:
-        tokens="results/tokens/tokens.pt",
+        unpack(baseline_inputs),
     output:
         checkpoint="results/models/baseline/dense/model.pt",
         curve=report("results/models/baseline/dense/curve.csv", category="Training", caption="../report/curve.rst"),
     params:
-        config=config,
+        settings=baseline_settings(),
+        code=code_of("train_baseline"),
     threads: 2
     resources:
         runtime=480,
@@ -30,6 +31,8 @@ rule analyze:
         json="results/analysis/params.json",
         csv="results/analysis/params.csv",
         groups="results/analysis/groups.csv",
+    params:
+        code=code_of("analyze"),
     conda:
         "../envs/iteralite.yaml"
     log:
@@ -47,7 +50,8 @@ rule evaluate:
     output:
         metrics="results/metrics/models/{stage}/{variant}.json",
     params:
-        test_tokens=config["evaluate"]["test_tokens"],
+        settings=config_slice("evaluate"),
+        code=code_of("evaluate"),
     threads: 1
     conda:
         "../envs/iteralite.yaml"

@@ -1,9 +1,11 @@
-# Helpers shared by every stage: config validation, the study grid, paths and wildcard constraints.
+# Helpers shared by every stage: config validation, the study grid, config slices, code digests, paths and
+# wildcard constraints.
 import os
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from iteralite import study
+from iteralite import data, provenance, study
 
 # Large scan tensors: keep freed memory in the process instead of returning it to the OS on every step
 # (measured 2x faster training steps on the project's CPU; README, "Measured figures").
@@ -29,6 +31,24 @@ wildcard_constraints:
     criterion="|".join(CRITERIA),
 
 
+def config_slice(*keys, drop=()):
+    """The config keys (dotted) that change a rule's output, and no others: its params (iteralite.study)."""
+    return study.config_slice(config, keys, drop)
+
+
+def code_of(script):
+    """Digest of the package modules scripts/<script>.py runs: an edit to one reruns the rule and what follows."""
+    return provenance.code_digest(Path(workflow.basedir) / "scripts" / f"{script}.py")
+
+
+def corpus_files():
+    """The corpus files prepare_corpus reads: the user's files, or the embedded corpus (none for the hub)."""
+    source = config["corpus"]["source"]
+    if source == "files":
+        return list(config["corpus"]["paths"])
+    return [str(data.EMBEDDED_CORPUS)] if source == "embedded" else []
+
+
 def checkpoint_path(model):
     """'stage/variant' -> its checkpoint file."""
     return f"results/models/{model}/model.pt"
@@ -38,8 +58,47 @@ def metrics_path(model):
     return f"results/metrics/models/{model}.json"
 
 
-def finetune_source(wildcards):
-    """The control fine-tunes the dense baseline; every other variant fine-tunes its pruned model."""
-    if wildcards.variant == "dense":
-        return checkpoint_path("baseline/dense")
-    return checkpoint_path(f"pruned/{wildcards.variant}")
+def finetune_inputs(wildcards):
+    """The model to fine-tune (the control: the dense baseline; else the pruned variant), the tokens, and the
+    teacher only when distillation reads it."""
+    source = "baseline/dense" if wildcards.variant == "dense" else f"pruned/{wildcards.variant}"
+    inputs = {"checkpoint": checkpoint_path(source), "tokens": "results/tokens/tokens.pt"}
+    if config["finetune"]["distill_weight"] > 0:
+        inputs["teacher"] = checkpoint_path("baseline/dense")
+    return inputs
+
+
+def job_benchmarks():
+    """Snakemake's benchmark file of every job before the report (the report's per-job cost)."""
+    files = [f"benchmarks/{rule}.tsv" for rule in
+             ("prepare_corpus", "train_tokenizer", "tokenize", "train_baseline", "analyze", "benchmark", "summary")]
+    files += [f"benchmarks/evaluate/{m}.tsv" for m in MODELS]
+    files += [f"benchmarks/score_importance/{c}.tsv" for c in CRITERIA]
+    files += [f"benchmarks/prune/{v}.tsv" for v in VARIANTS]
+    files += [f"benchmarks/finetune/{v}.tsv" for v in FINETUNED]
+    files += [f"benchmarks/quantize/{s}.tsv" for s in QUANTIZED]
+    return files
+
+
+def variant_of(wildcards):
+    """A pruned variant's own criterion and target."""
+    criterion, target = study.parse_variant(config, wildcards.variant)
+    return {"criterion": criterion, "target": target}
+
+
+USER_CHECKPOINT = config["model"]["checkpoint"]
+
+
+def baseline_inputs(wildcards):
+    """The tokens, and the user's baseline checkpoint when model.checkpoint names one."""
+    inputs = {"tokens": "results/tokens/tokens.pt"}
+    if USER_CHECKPOINT:
+        inputs["user_checkpoint"] = USER_CHECKPOINT
+    return inputs
+
+
+def baseline_settings():
+    """A user checkpoint is only checked against the model config; training depends on the train section too."""
+    if USER_CHECKPOINT:
+        return config_slice("model", "tokenizer.vocab_size", drop=["model.checkpoint"])
+    return config_slice("train", "model", "tokenizer.vocab_size", "seed", "device", drop=["model.checkpoint"])

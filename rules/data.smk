@@ -2,14 +2,16 @@
 
 
 rule prepare_corpus:
+    input:
+        corpus_files(),
     output:
         train="results/corpus/train.txt",
         validation="results/corpus/validation.txt",
         test="results/corpus/test.txt",
         stats="results/corpus/stats.json",
     params:
-        corpus=config["corpus"],
-        seed=config["seed"],
+        settings=config_slice("corpus", "seed"),
+        code=code_of("prepare_corpus"),
     conda:
         "../envs/iteralite.yaml"
     log:
@@ -26,7 +28,8 @@ rule train_tokenizer:
     output:
         tokenizer="results/tokenizer/tokenizer.json",
     params:
-        tokenizer=config["tokenizer"],
+        settings=config_slice("tokenizer"),
+        code=code_of("train_tokenizer"),
     conda:
         "../envs/iteralite.yaml"
     log:
@@ -44,6 +47,8 @@ rule tokenize:
     output:
         tokens="results/tokens/tokens.pt",
         stats="results/tokens/stats.json",
+    params:
+        code=code_of("tokenize"),
     conda:
         "../envs/iteralite.yaml"
     log:

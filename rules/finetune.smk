@@ -4,16 +4,15 @@
 
 rule finetune:
     input:
-        checkpoint=finetune_source,
-        teacher="results/models/baseline/dense/model.pt",
-        tokens="results/tokens/tokens.pt",
+        unpack(finetune_inputs),
     output:
         checkpoint="results/models/finetuned/{variant}/model.pt",
         curve=report(
             "results/models/finetuned/{variant}/curve.csv", category="Training", caption="../report/curve.rst"
         ),
     params:
-        config=config,
+        settings=config_slice("finetune", "seed", "device", drop=["finetune.control"]),
+        code=code_of("finetune"),
     threads: 2
     resources:
         runtime=480,

@@ -9,7 +9,8 @@ rule score_importance:
         scores="results/importance/{criterion}.pt",
         csv="results/importance/{criterion}.csv",
     params:
-        config=config,
+        settings=lambda w: config_slice(*study.importance_keys(config, w.criterion)),
+        code=code_of("score_importance"),
     threads: 2
     conda:
         "../envs/iteralite.yaml"
@@ -24,12 +25,14 @@ rule score_importance:
 rule prune:
     input:
         checkpoint="results/models/baseline/dense/model.pt",
-        scores=lambda w: f"results/importance/{study.parse_variant(config, w.variant)[0]}.pt",
+        scores=lambda w: f"results/importance/{variant_of(w)['criterion']}.pt",
     output:
         checkpoint="results/models/pruned/{variant}/model.pt",
         stats="results/models/pruned/{variant}/prune_stats.json",
     params:
-        config=config,
+        variant=variant_of,
+        settings=config_slice("pruning.bounds", "pruning.round_to"),
+        code=code_of("prune"),
     conda:
         "../envs/iteralite.yaml"
     log:

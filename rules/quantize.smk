@@ -8,7 +8,8 @@ rule quantize:
         model="results/models/int4-{fstage}/{variant}/model.pt",
         stats="results/models/int4-{fstage}/{variant}/quant_stats.json",
     params:
-        quantize=config["quantize"],
+        settings=config_slice("quantize.group_size", "quantize.keep_high_precision"),
+        code=code_of("quantize"),
     conda:
         "../envs/iteralite.yaml"
     log:

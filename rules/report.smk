@@ -17,7 +17,8 @@ rule benchmark:
         samples="results/bench/samples.json",
     params:
         models=MODELS,
-        benchmark=config["benchmark"],
+        settings=config_slice("benchmark"),
+        code=code_of("benchmark"),
     threads: 2
     conda:
         "../envs/iteralite.yaml"
@@ -35,6 +36,8 @@ rule summary:
         speed="results/bench/speed.csv",
     output:
         summary=report("results/metrics/summary.csv", category="Results", caption="../report/summary.rst"),
+    params:
+        code=code_of("summary"),
     conda:
         "../envs/iteralite.yaml"
     log:
@@ -58,11 +61,13 @@ rule report:
         speed="results/bench/speed.csv",
         latency="results/bench/latency.csv",
         samples="results/bench/samples.json",
+        job_benchmarks=job_benchmarks(),
     output:
         html="results/report.html",
     params:
-        config=config,
-        benchmarks_dir="benchmarks",
+        # The report prints the study config, so every key changes its output.
+        study_config=config_slice(*config),
+        code=code_of("report"),
     conda:
         "../envs/iteralite.yaml"
     log:

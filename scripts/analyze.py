@@ -1,5 +1,6 @@
-from iteralite import stages, workflow
+from iteralite import workflow
+from iteralite.stages import analyze
 
 workflow.start(snakemake)  # noqa: F821
 out = snakemake.output  # noqa: F821
-stages.analyze(snakemake.input.checkpoint, out.json, out.csv, out.groups)  # noqa: F821
+analyze.analyze(snakemake.input.checkpoint, out.json, out.csv, out.groups)  # noqa: F821

@@ -1,6 +1,7 @@
-from iteralite import stages, workflow
+from iteralite import workflow
+from iteralite.stages import benchmark
 
 workflow.start(snakemake)  # noqa: F821
-inp, out = snakemake.input, snakemake.output  # noqa: F821
-stages.benchmark(snakemake.params.models, list(inp.models), inp.tokens, inp.tokenizer,  # noqa: F821
-                 snakemake.params.benchmark, dict(out))  # noqa: F821
+params, inp = snakemake.params, snakemake.input  # noqa: F821
+benchmark.benchmark(params.models, list(inp.models), inp.tokens, inp.tokenizer, params.settings["benchmark"],
+                    dict(snakemake.output))  # noqa: F821

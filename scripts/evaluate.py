@@ -1,6 +1,7 @@
-from iteralite import stages, workflow
+from iteralite import workflow
+from iteralite.stages import evaluate
 
 workflow.start(snakemake)  # noqa: F821
 w, inp = snakemake.wildcards, snakemake.input  # noqa: F821
-stages.evaluate(f"{w.stage}/{w.variant}", inp.model, inp.tokens, snakemake.params.test_tokens,  # noqa: F821
-                snakemake.output.metrics)  # noqa: F821
+evaluate.evaluate(f"{w.stage}/{w.variant}", inp.model, inp.tokens,
+                  snakemake.params.settings["evaluate"]["test_tokens"], snakemake.output.metrics)  # noqa: F821

@@ -1,6 +1,9 @@
-from iteralite import stages, workflow
+from iteralite import workflow
+from iteralite.stages import training
+from iteralite.train import TrainConfig
 
 workflow.start(snakemake)  # noqa: F821
-config, inp, out = snakemake.params.config, snakemake.input, snakemake.output  # noqa: F821
-stages.train_model(config, config["finetune"], inp.tokens, out.checkpoint, out.curve,
-                   init_checkpoint=inp.checkpoint, teacher_checkpoint=inp.teacher)
+settings, inp, out = snakemake.params.settings, snakemake.input, snakemake.output  # noqa: F821
+training.train_model(TrainConfig.from_dict({**settings["finetune"], "seed": settings["seed"]}), settings["device"],
+                     inp.tokens, out.checkpoint, out.curve, init_checkpoint=inp.checkpoint,
+                     teacher_checkpoint=inp.get("teacher"))

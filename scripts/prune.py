@@ -1,6 +1,9 @@
-from iteralite import stages, workflow
+from iteralite import workflow
+from iteralite.stages import pruning
 
 workflow.start(snakemake)  # noqa: F821
-inp, out = snakemake.input, snakemake.output  # noqa: F821
-stages.prune(snakemake.params.config, snakemake.wildcards.variant, inp.checkpoint, inp.scores,  # noqa: F821
-             out.checkpoint, out.stats)
+params, inp, out = snakemake.params, snakemake.input, snakemake.output  # noqa: F821
+bounds_and_rounding = params.settings["pruning"]
+pruning.prune(snakemake.wildcards.variant, params.variant["criterion"], params.variant["target"],  # noqa: F821
+              bounds_and_rounding["bounds"], bounds_and_rounding["round_to"], inp.checkpoint, inp.scores,
+              out.checkpoint, out.stats)

@@ -1,5 +1,7 @@
-from iteralite import stages, workflow
+from iteralite import workflow
+from iteralite.stages import quantize
 
 workflow.start(snakemake)  # noqa: F821
-out = snakemake.output  # noqa: F821
-stages.quantize(snakemake.input.checkpoint, snakemake.params.quantize, out.model, out.stats)  # noqa: F821
+settings, out = snakemake.params.settings["quantize"], snakemake.output  # noqa: F821
+quantize.quantize(snakemake.input.checkpoint, settings["group_size"], settings["keep_high_precision"],  # noqa: F821
+                  out.model, out.stats)

@@ -1,4 +1,5 @@
-from iteralite import stages, workflow
+from iteralite import workflow
+from iteralite.stages import evaluate
 
 workflow.start(snakemake)  # noqa: F821
-stages.summarize(list(snakemake.input.metrics), snakemake.input.speed, snakemake.output.summary)  # noqa: F821
+evaluate.summarize(list(snakemake.input.metrics), snakemake.input.speed, snakemake.output.summary)  # noqa: F821

@@ -1,5 +1,6 @@
-from iteralite import stages, workflow
+from iteralite import workflow
+from iteralite.stages import corpus
 
 workflow.start(snakemake)  # noqa: F821
 out = snakemake.output  # noqa: F821
-stages.tokenize(list(snakemake.input.splits), snakemake.input.tokenizer, out.tokens, out.stats)  # noqa: F821
+corpus.tokenize(list(snakemake.input.splits), snakemake.input.tokenizer, out.tokens, out.stats)  # noqa: F821

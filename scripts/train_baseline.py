@@ -1,8 +1,13 @@
-from iteralite import stages, workflow
+from iteralite import workflow
+from iteralite.model import IteraLiteConfig
+from iteralite.stages import training
+from iteralite.train import TrainConfig
 
 workflow.start(snakemake)  # noqa: F821
-config, inp, out = snakemake.params.config, snakemake.input, snakemake.output  # noqa: F821
-if config["model"].get("checkpoint"):
-    stages.use_checkpoint(config, config["model"]["checkpoint"], inp.tokens, out.checkpoint, out.curve)
+settings, inp, out = snakemake.params.settings, snakemake.input, snakemake.output  # noqa: F821
+model_cfg = IteraLiteConfig(vocab_size=settings["tokenizer"]["vocab_size"], **settings["model"])
+if "user_checkpoint" in inp.keys():
+    training.use_checkpoint(model_cfg, inp.user_checkpoint, inp.tokens, out.checkpoint, out.curve)
 else:
-    stages.train_model(config, config["train"], inp.tokens, out.checkpoint, out.curve)
+    training.train_model(TrainConfig.from_dict({**settings["train"], "seed": settings["seed"]}), settings["device"],
+                         inp.tokens, out.checkpoint, out.curve, model_cfg=model_cfg)

@@ -1,3 +1,4 @@
+import os
 import shutil
 import subprocess
 import sys
@@ -33,16 +34,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def copy_project(dest: Path) -> Path:
+    """The workflow and its own copy of the package, so a test can edit the package code the workflow runs."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "rules", "scripts", "config", "report", "profiles", "envs"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
+    shutil.copytree(ROOT / "iteralite", dest / "iteralite", ignore=shutil.ignore_patterns("__pycache__"))
     return dest
+
+
+def project_env(workdir: Path) -> dict:
+    """Snakemake and its jobs import the project copy's package."""
+    return {**os.environ, "PYTHONPATH": str(workdir)}
 
 
 def snakemake(workdir: Path, *args, check=True):
     run = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True,
-                         timeout=1200)
+                         timeout=1200, env=project_env(workdir))
     if check and run.returncode != 0:
         raise AssertionError(run.stdout[-4000:] + run.stderr[-4000:])
     return run

@@ -3,7 +3,8 @@ import os
 import pytest
 import torch
 
-from iteralite.artifacts import CheckpointError, atomic_path, load_checkpoint, save_checkpoint, write_json
+from iteralite.artifacts import CheckpointError, atomic_path, write_json
+from iteralite.checkpoint import load_checkpoint, save_checkpoint
 
 
 class Evil:
@@ -70,24 +71,22 @@ def test_interrupted_write_leaves_nothing(tmp_path):
 
 
 def test_user_baseline_checkpoint_is_checked_against_config(tiny_model, tmp_path):
-    from iteralite import stages
-    from iteralite.artifacts import save_torch
+    from dataclasses import replace
 
-    config = {"seed": 0, "tokenizer": {"vocab_size": 300},
-              "model": {k: v for k, v in tiny_model.cfg.to_dict().items()
-                        if k in ("d_model", "n_layers", "max_seq", "d_inner", "d_state", "d_conv", "n_experts",
-                                 "expert_hidden", "top_k")}}
+    from iteralite.artifacts import save_torch
+    from iteralite.stages import training
+
     tokens = tmp_path / "tokens.pt"
     save_torch(tokens, {"tokens": {}, "tokenizer_sha256": "sha"})
     user = tmp_path / "user.pt"
     save_checkpoint(user, tiny_model, "sha")
     out = tmp_path / "out" / "model.pt"
-    stages.use_checkpoint(config, str(user), str(tokens), str(out), str(tmp_path / "out" / "curve.csv"))
+    training.use_checkpoint(tiny_model.cfg, str(user), str(tokens), str(out), str(tmp_path / "out" / "curve.csv"))
     assert load_checkpoint(out)[0].cfg == tiny_model.cfg
-    config["model"]["d_model"] = 64
+    wider = replace(tiny_model.cfg, d_model=64)
     with pytest.raises(CheckpointError, match=f"model.checkpoint {user} does not match the config's model"):
-        stages.use_checkpoint(config, str(user), str(tokens), str(tmp_path / "o2.pt"), str(tmp_path / "c2.csv"))
-    config["model"]["d_model"] = 32
+        training.use_checkpoint(wider, str(user), str(tokens), str(tmp_path / "o2.pt"), str(tmp_path / "c2.csv"))
     save_torch(tokens, {"tokens": {}, "tokenizer_sha256": "other"})
     with pytest.raises(CheckpointError, match="trained with another tokenizer"):
-        stages.use_checkpoint(config, str(user), str(tokens), str(tmp_path / "o3.pt"), str(tmp_path / "c3.csv"))
+        training.use_checkpoint(tiny_model.cfg, str(user), str(tokens), str(tmp_path / "o3.pt"),
+                                str(tmp_path / "c3.csv"))

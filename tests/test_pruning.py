@@ -117,7 +117,7 @@ def test_pruned_checkpoint_loads_in_fresh_process(tiny_model, tmp_path):
     import subprocess
     import sys
 
-    from iteralite.artifacts import save_checkpoint
+    from iteralite.checkpoint import save_checkpoint
 
     kept = drop_some(tiny_model, ("width", "ssm_channels"))
     pruned = pruning.prune(tiny_model, kept)
@@ -125,7 +125,7 @@ def test_pruned_checkpoint_loads_in_fresh_process(tiny_model, tmp_path):
     save_checkpoint(path, pruned, "sha")
     code = (
         "import sys, torch\n"
-        "from iteralite.artifacts import load_checkpoint\n"
+        "from iteralite.checkpoint import load_checkpoint\n"
         f"m, meta = load_checkpoint({str(path)!r})\n"
         "print(m.cfg.d_model, sum(p.numel() for p in m.parameters()), 'iteralite.pruning' in sys.modules)\n"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, copy_project
+from conftest import ROOT, copy_project, project_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -47,7 +47,7 @@ def test_tiny_study_on_slurm(cluster, tmp_path):
     profile = ci_profile(tmp_path / "profile")
     cmd = ["timeout", "-k", "10", "1500", sys.executable, "-m", "snakemake", "--profile", str(profile), "all",
            "--configfile", "config/ci.yaml"]
-    run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=project_env(workdir))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert (workdir / "results/report.html").is_file()
     listing = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "Comment,Partition,State", "-S", "now-2hours"],

@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from iteralite.artifacts import load_checkpoint, save_checkpoint, save_torch
+from iteralite.artifacts import save_torch
+from iteralite.checkpoint import load_checkpoint, save_checkpoint
 from iteralite.train import TrainConfig, distillation_loss, lr_factor, perplexity, train
 
 
@@ -69,19 +70,23 @@ RUNNER = """
 import logging, sys, torch
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 torch.set_num_threads(1)
-from iteralite import stages
-config = {"seed": 3, "device": "cpu"}
-train_cfg = {"batch_size": 4, "lr": 1e-3, "warmup": 0.05, "max_steps": 60, "eval_every": 20, "eval_tokens": 500,
-             "checkpoint_every": 1000, "log_every": 1}
-stages.train_model(config, train_cfg, sys.argv[1], sys.argv[2], sys.argv[3], init_checkpoint=sys.argv[4])
+from iteralite.stages import training
+from iteralite.train import TrainConfig
+settings = TrainConfig(batch_size=4, lr=float(sys.argv[5]), warmup=0.05, max_steps=60, eval_every=20, eval_tokens=500,
+                       checkpoint_every=1000, log_every=1, seed=3)
+training.train_model(settings, "cpu", sys.argv[1], sys.argv[2], sys.argv[3], init_checkpoint=sys.argv[4])
 """
+
+
+def finetune_command(out, tokens_path, init_path, lr="1e-3"):
+    return [sys.executable, "-u", "-c", RUNNER, str(tokens_path), str(out / "model.pt"), str(out / "curve.csv"),
+            str(init_path), lr]
 
 
 def run_finetune(tmp_path, name, tokens_path, init_path, kill_after_step=None):
     out = tmp_path / name
     out.mkdir()
-    cmd = [sys.executable, "-u", "-c", RUNNER, str(tokens_path), str(out / "model.pt"), str(out / "curve.csv"),
-           str(init_path)]
+    cmd = finetune_command(out, tokens_path, init_path)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     if kill_after_step is not None:
@@ -108,9 +113,8 @@ def test_sigterm_then_rerun_equals_uninterrupted_run(tiny_model, tmp_path):
     assert "SIGTERM at step" in log and (interrupted / "train_state.pt").exists()
     assert not (interrupted / "model.pt").exists()
     # the retry: same command, same output folder
-    cmd_out = subprocess.run(
-        [sys.executable, "-u", "-c", RUNNER, str(tokens_path), str(interrupted / "model.pt"),
-         str(interrupted / "curve.csv"), str(init_path)], capture_output=True, text=True, timeout=300)
+    cmd_out = subprocess.run(finetune_command(interrupted, tokens_path, init_path), capture_output=True, text=True,
+                             timeout=300)
     assert cmd_out.returncode == 0, cmd_out.stdout + cmd_out.stderr
     assert "resumed from" in cmd_out.stdout
     assert not (interrupted / "train_state.pt").exists()
@@ -124,3 +128,25 @@ def test_sigterm_then_rerun_equals_uninterrupted_run(tiny_model, tmp_path):
     ca, cb = pd.read_csv(straight / "curve.csv"), pd.read_csv(interrupted / "curve.csv")
     cols = ["step", "train_loss", "val_ppl", "lr"]
     pd.testing.assert_frame_equal(ca[cols], cb[cols])
+
+
+def test_resume_state_of_another_run_is_discarded(tiny_model, tmp_path):
+    """A state saved under one learning rate is not resumed by a run with another: it is discarded, with the reason."""
+    tokens_path, init_path = tmp_path / "tokens.pt", tmp_path / "init.pt"
+    save_torch(tokens_path, {"tokens": {"train": corpus_tokens(), "validation": corpus_tokens(seed=1)},
+                             "tokenizer_sha256": "sha"})
+    save_checkpoint(init_path, tiny_model, "sha")
+    code, log, interrupted = run_finetune(tmp_path, "interrupted", tokens_path, init_path, kill_after_step=25)
+    assert code == 75 and (interrupted / "train_state.pt").exists(), log
+    rerun = subprocess.run(finetune_command(interrupted, tokens_path, init_path, lr="2e-3"), capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "discarding resume state" in rerun.stdout and "(settings differ)" in rerun.stdout, rerun.stdout
+    assert "resumed from" not in rerun.stdout
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    fresh = subprocess.run(finetune_command(straight, tokens_path, init_path, lr="2e-3"), capture_output=True,
+                           text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr
+    a, b = load_checkpoint(straight / "model.pt")[0], load_checkpoint(interrupted / "model.pt")[0]
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))

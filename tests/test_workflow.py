@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pandas as pd
 import pytest
@@ -84,9 +85,11 @@ def test_report_is_self_contained(study):
 def test_up_to_date_study_reruns_nothing_and_report_inputs_rerun_only_report(study):
     assert planned_jobs(snakemake(study, "all", "-n", "--cores", "2", "--configfile", "config/ci.yaml")) == {}
     samples = study / "results/bench/samples.json"
+    before = samples.stat()
     samples.write_text(json.dumps(json.loads(samples.read_text())))  # same content, newer file
     os.utime(samples, None)
     jobs = planned_jobs(snakemake(study, "all", "-n", "--cores", "2", "--configfile", "config/ci.yaml"))
+    os.utime(samples, ns=(before.st_atime_ns, before.st_mtime_ns))  # the study stays up to date for other tests
     assert set(jobs) == {"report", "all"}, jobs
 
 
@@ -110,3 +113,66 @@ def test_same_config_and_seed_give_identical_numbers(study, tmp_path):
     a = torch.load(workdir / "results/models/baseline/dense/model.pt", weights_only=True)["state_dict"]
     b = torch.load(study / "results/models/baseline/dense/model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def dry_run(workdir, *configfiles):
+    run = snakemake(workdir, "all", "-n", "--cores", "2", "--configfile", "config/ci.yaml", *configfiles)
+    return planned_jobs(run)
+
+
+AFTER_FINETUNE = {"benchmark": 1, "summary": 1, "report": 1, "all": 1}
+
+# The tiny study: criteria l1 and random at target 0.4, the control, INT4 copies of the baseline and every fine-tune.
+CONFIG_CHANGES = {
+    "benchmark:\n  repeats: 3\n": AFTER_FINETUNE,
+    "evaluate:\n  test_tokens: 3000\n": {"evaluate": 10, "summary": 1, "report": 1, "all": 1},
+    # 3 fine-tunes (2 variants and the control), their INT4 copies, evaluation of both
+    "finetune:\n  lr: 0.002\n": {"finetune": 3, "quantize": 3, "evaluate": 6, **AFTER_FINETUNE},
+    # the two new variants only: no retraining, no rescoring, the existing variants untouched
+    "pruning:\n  targets: [0.4, 0.3]\n": {"prune": 2, "finetune": 2, "quantize": 2, "evaluate": 6, **AFTER_FINETUNE},
+    "quantize:\n  group_size: 64\n": {"quantize": 4, "evaluate": 4, **AFTER_FINETUNE},
+}
+
+
+@pytest.mark.parametrize("change", CONFIG_CHANGES)
+def test_a_config_change_reruns_exactly_what_it_can_change(study, tmp_path, change):
+    (tmp_path / "change.yaml").write_text(change)
+    assert dry_run(study, str(tmp_path / "change.yaml")) == CONFIG_CHANGES[change]
+
+
+# An edit to a package module reruns the rules whose scripts reach it (iteralite.provenance), and what follows.
+CODE_EDITS = {
+    "report.py": {"report": 1, "all": 1},
+    # analyze and both criteria's scores; the pruned and fine-tuned variants, not the baseline nor the control
+    "pruning.py": {"analyze": 1, "score_importance": 2, "prune": 2, "finetune": 2, "quantize": 2, "evaluate": 6,
+                   **AFTER_FINETUNE},
+    "bench.py": AFTER_FINETUNE,
+}
+
+
+@pytest.mark.parametrize("module", CODE_EDITS)
+def test_a_code_edit_reruns_exactly_the_rules_that_run_it(study, module):
+    source = study / "iteralite" / module  # the package copy this study runs
+    original = source.read_text()
+    assert dry_run(study) == {}
+    try:
+        source.write_text(original + "\n# an edit\n")
+        assert dry_run(study) == CODE_EDITS[module]
+    finally:
+        source.write_text(original)
+    assert dry_run(study) == {}  # code is tracked by content: the same code again is up to date
+
+
+def test_user_files_a_job_reads_are_its_inputs(study, tmp_path):
+    """A user corpus and a user baseline checkpoint appear as inputs of the jobs that read them."""
+    corpus = tmp_path / "book.txt"
+    corpus.write_text("It was a dark and stormy night. " * 2000)
+    user_checkpoint = tmp_path / "baseline.pt"
+    shutil.copy(study / "results/models/baseline/dense/model.pt", user_checkpoint)
+    (tmp_path / "user.yaml").write_text(
+        f"corpus:\n  source: files\n  paths: [{corpus}]\nmodel:\n  checkpoint: {user_checkpoint}\n")
+    run = snakemake(study, "results/models/baseline/dense/model.pt", "-n", "--cores", "1", "--configfile",
+                    "config/ci.yaml", str(tmp_path / "user.yaml"))
+    text = run.stdout + run.stderr
+    assert f"input: {corpus}" in text
+    assert str(user_checkpoint) in text.split("rule train_baseline:")[1].split("output:")[0]

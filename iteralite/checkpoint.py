@@ -1,0 +1,39 @@
+"""IteraLite checkpoints: the config that rebuilds the model, its weights and the tokenizer fingerprint.
+
+A pruned model is an ordinary checkpoint (its config records the kept sizes), so it loads without the pruning code.
+"""
+
+from __future__ import annotations
+
+from .artifacts import CheckpointError, load_torch, save_torch
+from .model import IteraLite, IteraLiteConfig
+
+CHECKPOINT_FORMAT = "iteralite-checkpoint-v1"
+
+
+def save_checkpoint(path, model: IteraLite, tokenizer_sha256: str, meta: dict | None = None) -> None:
+    """An IteraLite checkpoint: its config (enough to rebuild it), weights and the tokenizer fingerprint."""
+    save_torch(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "config": model.cfg.to_dict(),
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            "tokenizer_sha256": tokenizer_sha256,
+            "meta": meta or {},
+        },
+    )
+
+
+def load_checkpoint(path, device="cpu") -> tuple[IteraLite, dict]:
+    """Rebuild the model a checkpoint describes; returns (model, the checkpoint's other fields)."""
+    blob = load_torch(path, "checkpoint")
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not an IteraLite checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    try:
+        cfg = IteraLiteConfig.from_dict(blob["config"])
+        model = IteraLite(cfg)
+        model.load_state_dict(blob["state_dict"])
+    except (ValueError, RuntimeError, TypeError, KeyError) as err:
+        raise CheckpointError(f"checkpoint {path} does not match its model config: {err}") from None
+    return model.to(device), {k: v for k, v in blob.items() if k != "state_dict"}

@@ -1,0 +1,95 @@
+"""What made an output: the package code a script runs, and fingerprints of resume state.
+
+Snakemake tracks a rule's script file but not the modules it imports. `code_digest` follows a script's imports of
+this package statically (every `import`/`from ... import` anywhere in a module, lazy ones included) and hashes the
+source of each module reached; the workflow passes that digest as a rule param, so an edit to a module reruns
+exactly the rules whose scripts reach it, and what follows them.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from functools import cache
+from pathlib import Path
+
+from .artifacts import file_sha256
+
+PACKAGE = "iteralite"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of a module of this package ('iteralite.stages.training'), or None if there is none."""
+    parts = name.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_names(source_path: Path, module: str | None) -> set[str]:
+    """Module names a source file imports; relative imports resolved against `module` (None for a script)."""
+    tree = ast.parse(source_path.read_text(encoding="utf-8"), filename=str(source_path))
+    is_package = source_path.name == "__init__.py"
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                if module is None:
+                    continue
+                anchor = module.split(".")
+                anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return names
+
+
+def _with_parents(name: str) -> list[str]:
+    """Importing a.b.c runs a/__init__, a/b/__init__ and a/b/c."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def module_closure(script: Path, module: str | None = None) -> list[str]:
+    """Every module of this package that `script` (itself the module `module`, or None for a script outside the
+    package) imports, directly or through other modules, sorted."""
+    seen: set[str] = {module} if module else set()
+    pending = [(Path(script), module)]
+    while pending:
+        path, module = pending.pop()
+        for name in _imported_names(path, module):
+            for candidate in _with_parents(name):
+                if candidate in seen:
+                    continue
+                source = module_file(candidate)
+                if source is not None:
+                    seen.add(candidate)
+                    pending.append((source, candidate))
+    return sorted(seen)
+
+
+@cache
+def code_digest(script: str | Path, module: str | None = None) -> str:
+    """A short hash of the source of every package module `script` reaches (names and contents)."""
+    digest = hashlib.sha256()
+    for name in module_closure(Path(script), module):
+        digest.update(name.encode() + b"\0" + module_file(name).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(settings: dict, files: dict[str, str | None], code_module: str) -> dict[str, str]:
+    """What determines a training run, one digest per part, so a mismatch can say which part changed."""
+    parts = {"settings": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()}
+    parts.update({name: file_sha256(path) for name, path in files.items() if path})
+    parts["code"] = code_digest(module_file(code_module), code_module)
+    return parts

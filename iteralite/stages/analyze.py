@@ -1,0 +1,22 @@
+"""Rule analyze: where the baseline's parameters are."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from .. import analysis
+from ..artifacts import write_csv, write_json
+from ..checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def analyze(checkpoint: str, out_json: str, out_csv: str, out_groups: str) -> None:
+    model, _ = load_checkpoint(checkpoint)
+    result = analysis.analyze(model)
+    write_json(out_json, result)
+    write_csv(out_csv, pd.DataFrame(result["by_component_and_layer"]))
+    write_csv(out_groups, pd.DataFrame(result["groups"]))
+    log.info("analysis: %d parameters", result["total_params"])

@@ -1,0 +1,58 @@
+"""Rules evaluate (one model's test perplexity) and summary (the study's main table)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pandas as pd
+
+from .. import quant
+from ..artifacts import read_json, write_csv, write_json
+from ..data import load_tokens
+from ..model import count_parameters
+from ..train import perplexity
+
+log = logging.getLogger(__name__)
+
+# Test perplexity of an INT4 model always takes this path: weights dequantized once at load, float32 matmuls, so
+# the number is the same on every run and machine (the speed benchmark may time other paths).
+EVALUATION_INT4_PATH = "unpacked"
+
+
+def model_row(model_id: str, path: str, model) -> dict:
+    """The summary.csv columns every stage knows: id, stage, criterion, target, params, file bytes."""
+    stage, _, variant = model_id.partition("/")
+    criterion, _, target = variant.partition("-") if variant != "dense" else ("dense", "", "")
+    return {
+        "model": model_id,
+        "stage": "int4" if stage.startswith("int4") else stage,
+        "criterion": criterion,
+        "target": target,
+        "params": getattr(model, "n_params", None) or count_parameters(model),
+        "file_bytes": os.path.getsize(path),
+    }
+
+
+def evaluate(model_id: str, model_path: str, tokens_path: str, test_tokens: int, out_json: str) -> None:
+    model = quant.load_model(model_path, EVALUATION_INT4_PATH)
+    tokens, _ = load_tokens(tokens_path)
+    row = model_row(model_id, model_path, model)
+    row["test_ppl"] = perplexity(model, tokens["test"], test_tokens)
+    write_json(out_json, row)
+    log.info("%s: test perplexity %.2f, %d parameters, %d bytes", model_id, row["test_ppl"], row["params"],
+             row["file_bytes"])
+
+
+SUMMARY_COLUMNS = ["model", "stage", "criterion", "target", "params", "file_bytes", "test_ppl", "tokens_per_s",
+                   "step_latency_ms"]
+
+
+def summarize(metric_paths: list[str], speed_csv: str, out_csv: str) -> pd.DataFrame:
+    rows = pd.DataFrame([read_json(p) for p in metric_paths])
+    speed = pd.read_csv(speed_csv)[["model", "tokens_per_s", "step_latency_ms", "peak_mem_mb", "weight_mem_mb",
+                                    "int4_path"]]
+    rows = rows.merge(speed, on="model", how="left")
+    rows = rows[SUMMARY_COLUMNS + [c for c in rows.columns if c not in SUMMARY_COLUMNS]]
+    write_csv(out_csv, rows)
+    return rows

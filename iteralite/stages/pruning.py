@@ -1,0 +1,66 @@
+"""Rules score_importance (per criterion, independent of the targets) and prune (one variant)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pandas as pd
+
+from .. import analysis, data, pruning
+from ..artifacts import load_torch, save_torch, write_csv, write_json
+from ..checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def score_importance(checkpoint: str, tokens_path: str, criterion: str, expert_criterion: str, seed: int,
+                     calibration: dict | None, out_scores: str, out_csv: str) -> None:
+    """`calibration` ({batches, batch_size, aux_loss_weight}) is given exactly when the criterion needs data."""
+    model, _ = load_checkpoint(checkpoint)
+    stats = pruning.CalibrationStats()
+    if calibration:
+        tokens, _ = data.load_tokens(tokens_path)
+        windows = data.TokenWindows(tokens["train"], model.cfg.max_seq, calibration["batch_size"], seed)
+        batches = [windows.next() for _ in range(calibration["batches"])]
+        stats = pruning.calibrate(model, batches, calibration["aux_loss_weight"])
+    scores = pruning.score_groups(model, criterion, stats, seed, expert_criterion)
+    save_torch(out_scores, {"criterion": criterion, "scores": scores})
+    groups = {g.name: g for g in pruning.build_groups(model.cfg)}
+    write_csv(out_csv, pd.DataFrame([
+        {"group": name, "kind": groups[name].kind, "layer": groups[name].layer, "expert": groups[name].expert,
+         "channel": c, "score": float(v)}
+        for name, s in scores.items() for c, v in enumerate(s)
+    ]))
+    log.info("%s scores for %d groups", criterion, len(scores))
+
+
+def prune(variant: str, criterion: str, target, bounds: dict, round_to: dict, checkpoint: str, scores_path: str,
+          out_checkpoint: str, out_stats: str) -> None:
+    dense, meta = load_checkpoint(checkpoint)
+    plan = pruning.plan_target(dense.cfg, target, bounds, round_to)
+    counts = pruning.plan_counts(dense.cfg, plan["ratios"], plan["round_to"])
+    scores = load_torch(scores_path, "importance scores")["scores"]
+    kept = pruning.choose_kept(scores, counts)
+    pruned = pruning.prune(dense, kept)
+    save_checkpoint(out_checkpoint, pruned, meta["tokenizer_sha256"], {"pruned_from": checkpoint, "variant": variant})
+    before = analysis.component_totals(analysis.parameter_table(dense)).set_index("component")["params"]
+    after = analysis.component_totals(analysis.parameter_table(pruned)).set_index("component")["params"]
+    stats = {
+        "variant": variant, "criterion": criterion, "target": target, "plan": plan,
+        "params_before": int(before.sum()), "params_after": int(after.sum()),
+        "removed_fraction": 1 - float(after.sum()) / float(before.sum()),
+        "file_bytes_before": os.path.getsize(checkpoint), "file_bytes_after": os.path.getsize(out_checkpoint),
+        "by_component": [
+            {"component": c, "before": int(before[c]), "after": int(after.get(c, 0))} for c in before.index
+        ],
+        "groups": [
+            {"group": g.name, "kind": g.kind, "layer": g.layer, "expert": g.expert, "total": g.size,
+             "kept": len(kept[g.name])}
+            for g in pruning.build_groups(dense.cfg)
+        ],
+        "config_after": pruned.cfg.to_dict(),
+    }
+    write_json(out_stats, stats)
+    log.info("%s: %d -> %d parameters (%.1f%% removed)", variant, stats["params_before"], stats["params_after"],
+             100 * stats["removed_fraction"])
