@@ -68,11 +68,12 @@ def _time_step(model, prompt, context: int, timed: int = 8) -> float:
     return (time.perf_counter() - start) / timed
 
 
-def measure(models: dict, test_tokens: torch.Tensor, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    repeats, batch_size = cfg.get("repeats", 5), cfg.get("batch_size", 8)
+def measure(models: dict, test_tokens: torch.Tensor, batch_size: int, repeats: int,
+            contexts: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Batched forward throughput and per-token step latency at each context, interleaved repeats, medians."""
     seq = min(m.cfg.max_seq for m in models.values())
     batch = eval_windows(test_tokens, seq, batch_size * seq)[:batch_size, :seq]
-    contexts = [c for c in cfg.get("contexts", [16, 64, 128]) if c <= seq]
+    contexts = [c for c in contexts if c <= seq]
     prompt = batch[:1]
     forward = {name: [] for name in models}
     steps = {(name, c): [] for name in models for c in contexts}

@@ -22,7 +22,7 @@ class DataError(ValueError):
 def load_documents(corpus_cfg: dict) -> list[str]:
     """Documents of the configured corpus: `embedded`, local `files` (text/json/jsonl/parquet) or a `hub` dataset."""
     source = corpus_cfg["source"]
-    field = corpus_cfg.get("text_field", "text")
+    field = corpus_cfg["text_field"]
     if source == "embedded":
         with gzip.open(EMBEDDED_CORPUS, "rt", encoding="utf-8") as f:
             docs = [json.loads(line)[field] for line in f]
@@ -80,7 +80,7 @@ def _load_hub(corpus_cfg: dict, field: str) -> list[str]:
     if not name:
         raise DataError("corpus.hub_name must name a dataset when corpus.source is 'hub'")
     try:
-        table = datasets.load_dataset(name, split=corpus_cfg.get("hub_split", "train"))
+        table = datasets.load_dataset(name, split=corpus_cfg["hub_split"])
     except Exception as err:
         offline = os.environ.get("HF_DATASETS_OFFLINE") == "1"
         hint = ""

@@ -252,8 +252,15 @@ def save_quantized(path, blob: dict) -> None:
 PATHS = ("auto", "kernel", "dequantize", "unpacked")
 
 
-def kernel_beats_fp32(tokens: int = 128, n: int = 8000, k: int = 128, group_size: int = 32) -> bool:
-    """Time torch's CPU int4 matmul against a float32 matmul on the LM head's shape, on this machine."""
+def kernel_beats_fp32() -> bool:
+    """Whether torch's CPU int4 matmul beats a float32 matmul on the LM head's shape, on this machine."""
+    int4, fp32 = matmul_seconds()
+    return int4 < fp32
+
+
+def matmul_seconds(tokens: int = 128, n: int = 8000, k: int = 128, group_size: int = 32) -> tuple[float, float]:
+    """Best-of-5 seconds of torch's CPU int4 matmul and of a float32 matmul, (tokens x k) @ (k x n); the int4
+    figure is infinite where this torch build has no CPU int4 kernel."""
     import time
 
     try:
@@ -261,7 +268,7 @@ def kernel_beats_fp32(tokens: int = 128, n: int = 8000, k: int = 128, group_size
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
         sz = torch.ones(k // group_size, n, 2, dtype=torch.bfloat16)
     except (RuntimeError, AttributeError):
-        return False
+        return float("inf"), 0.0
     x, w = torch.randn(tokens, k), torch.randn(n, k)
 
     def best_of(fn, repeats=5):
@@ -274,7 +281,7 @@ def kernel_beats_fp32(tokens: int = 128, n: int = 8000, k: int = 128, group_size
         return min(times)
 
     int4 = best_of(lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed, group_size, sz))
-    return int4 < best_of(lambda: x @ w.t())
+    return int4, best_of(lambda: x @ w.t())
 
 
 def load_quantized(path, device="cpu", path_mode: str = "auto") -> QuantizedIteraLite:

@@ -44,9 +44,14 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(threads)
     models = build_models(config)
     tokens = torch.randint(0, config["tokenizer"]["vocab_size"], (200_000,), generator=torch.Generator().manual_seed(0))
-    speed, latency = bench.measure(models, tokens, {**config["benchmark"], "repeats": 7})
+    settings = config["benchmark"]
+    speed, latency = bench.measure(models, tokens, settings["batch_size"], 7, settings["contexts"])
     base = speed.iloc[0]
     print(f"{bench.machine()}, {threads} thread(s), batch {base['batch']}, median of 7, side by side\n")
+    for tokens in (1024, 1):
+        int4, fp32 = quant.matmul_seconds(tokens=tokens)
+        print(f"LM head matmul, {tokens} tokens x 128 -> 8000, group 32: int4 kernel {1000 * int4:.2f} ms, "
+              f"float32 {1000 * fp32:.2f} ms")
     print(f"int4 path chosen by 'auto' here: {'kernel' if quant.kernel_beats_fp32() else 'unpacked'}")
     print(f"{'model':<27}{'params':>10}{'tokens/s':>11}{'speedup':>9}{'step ms':>9}{'weights MB':>12}")
     for (name, model), (_, row) in zip(models.items(), speed.iterrows()):

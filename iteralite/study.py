@@ -98,14 +98,14 @@ def plan_for(config: dict, target) -> dict:
 
 def finetuned_variants(config: dict) -> list[str]:
     """Fine-tuned models: every pruned variant, plus 'dense' (the equal-budget control) when enabled."""
-    control = ["dense"] if config["finetune"].get("control", True) else []
+    control = ["dense"] if config["finetune"]["control"] else []
     return variants(config) + control
 
 
 def quantized_sources(config: dict) -> list[str]:
     """'stage/variant' of every model that gets an INT4 copy."""
     sources = []
-    for item in config["quantize"].get("models", ["baseline/dense", "finetuned/all"]):
+    for item in config["quantize"]["models"]:
         stage, _, variant = item.partition("/")
         if stage == "baseline":
             sources.append("baseline/dense")
@@ -149,7 +149,7 @@ def validate(config: dict) -> None:
     checkpoint = config["model"].get("checkpoint")
     if checkpoint and not os.path.isfile(checkpoint):
         raise ConfigError(f"model.checkpoint: file not found: {checkpoint}")
-    group = config["quantize"].get("group_size", 32)
+    group = config["quantize"]["group_size"]
     if cfg.d_model % group:
         raise ConfigError(f"quantize.group_size={group} must divide model.d_model={cfg.d_model}")
     for key in ("train", "finetune"):

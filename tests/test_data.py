@@ -5,8 +5,13 @@ import pytest
 from iteralite import data
 
 
+def corpus(**settings) -> dict:
+    """A corpus section as the schema fills it."""
+    return {"source": "embedded", "paths": [], "text_field": "text", "hub_name": None, "hub_split": "train",
+            "max_documents": None, **settings}
+
 def test_embedded_corpus_is_real_prose():
-    docs = data.load_documents({"source": "embedded"})
+    docs = data.load_documents(corpus(source="embedded"))
     assert len(docs) == 6
     assert "truth universally acknowledged" in "".join(docs)
     assert sum(len(d) for d in docs) > 4_000_000
@@ -26,7 +31,7 @@ def test_split_is_deterministic_and_disjoint():
 
 
 def test_tokenizer_round_trip_and_vocab_size():
-    text = data.load_documents({"source": "embedded"})[0][:200_000]
+    text = data.load_documents(corpus(source="embedded"))[0][:200_000]
     tok = data.train_tokenizer(text, 400)
     assert tok.get_vocab_size() == 400
     sample = "It is a truth universally acknowledged — café, naïve, 😀\n\nNew paragraph."
@@ -43,22 +48,22 @@ def test_bad_vocab_size_is_named():
 def test_missing_and_empty_corpus_files_are_named(tmp_path):
     missing = tmp_path / "nope.txt"
     with pytest.raises(data.DataError, match=f"file not found: {missing}"):
-        data.load_documents({"source": "files", "paths": [str(missing)]})
+        data.load_documents(corpus(source="files", paths=[str(missing)]))
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     with pytest.raises(data.DataError, match="file is empty"):
-        data.load_documents({"source": "files", "paths": [str(empty)]})
+        data.load_documents(corpus(source="files", paths=[str(empty)]))
     blank = tmp_path / "blank.txt"
     blank.write_text("   \n\n  ")
     with pytest.raises(data.DataError, match="corpus is empty"):
-        data.load_documents({"source": "files", "paths": [str(blank)]})
+        data.load_documents(corpus(source="files", paths=[str(blank)]))
 
 
 def test_non_utf8_text_is_named(tmp_path):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     with pytest.raises(data.DataError, match="not UTF-8"):
-        data.load_documents({"source": "files", "paths": [str(bad)]})
+        data.load_documents(corpus(source="files", paths=[str(bad)]))
 
 
 def test_jsonl_and_parquet_through_datasets(tmp_path):
@@ -68,9 +73,9 @@ def test_jsonl_and_parquet_through_datasets(tmp_path):
     frame.to_json(tmp_path / "c.jsonl", orient="records", lines=True)
     frame.to_parquet(tmp_path / "c.parquet")
     for name in ("c.jsonl", "c.parquet"):
-        assert data.load_documents({"source": "files", "paths": [str(tmp_path / name)]}) == list(frame["text"])
+        assert data.load_documents(corpus(source="files", paths=[str(tmp_path / name)])) == list(frame["text"])
     with pytest.raises(data.DataError, match="text_field 'body'"):
-        data.load_documents({"source": "files", "paths": [str(tmp_path / "c.jsonl")], "text_field": "body"})
+        data.load_documents(corpus(source="files", paths=[str(tmp_path / "c.jsonl")], text_field="body"))
 
 
 def test_hub_name_offline_fails_fast():
@@ -81,7 +86,8 @@ def test_hub_name_offline_fails_fast():
 
     code = (
         "from iteralite import data\n"
-        "data.load_documents({'source': 'hub', 'hub_name': 'roneneldan/TinyStories'})\n"
+        "data.load_documents({'source': 'hub', 'hub_name': 'roneneldan/TinyStories', 'text_field': 'text', "
+        "'hub_split': 'train', 'max_documents': None})\n"
     )
     start = time.perf_counter()
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -84,3 +84,25 @@ def test_quantized_file_loads_weights_only_in_fresh_process(tiny_model, tmp_path
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["iteralite-int4-v1", str(sum(p.numel() for p in tiny_model.parameters()))]
+
+
+def test_int4_test_perplexity_does_not_depend_on_which_path_is_faster(tiny_model, tmp_path, monkeypatch):
+    """Evaluation takes one fixed numeric path, whatever the load-time timing of the int4 kernel would choose."""
+    import json
+
+    from iteralite.artifacts import save_torch
+    from iteralite.stages import evaluate
+
+    blob, _ = quant.quantize_model(tiny_model, 32, ["A_log", "D", "conv1d", "norm", "bias"], "sha")
+    quant.save_quantized(tmp_path / "m.pt", blob)
+    test = torch.randint(0, 300, (3000,), generator=torch.Generator().manual_seed(3), dtype=torch.int32)
+    save_torch(tmp_path / "tokens.pt", {"tokens": {"test": test}, "tokenizer_sha256": "sha"})
+    results = []
+    for kernel_wins in (True, False):
+        monkeypatch.setattr(quant, "kernel_beats_fp32", lambda kernel_wins=kernel_wins: kernel_wins)
+        out = tmp_path / f"{kernel_wins}.json"
+        evaluate.evaluate("int4-baseline/dense", str(tmp_path / "m.pt"), str(tmp_path / "tokens.pt"), 2000, str(out))
+        results.append(json.loads(out.read_text())["test_ppl"])
+    assert results[0] == results[1]
+    kernel = quant.load_quantized(tmp_path / "m.pt", path_mode="kernel")
+    assert kernel.kernel_layers[0] > 0  # the path `auto` could have taken computes other numbers

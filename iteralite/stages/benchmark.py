@@ -15,7 +15,8 @@ def benchmark(model_ids: list[str], paths: list[str], tokens_path: str, tokenize
     torch.set_num_threads(settings["threads"])
     models = {m: quant.load_model(p, "auto") for m, p in zip(model_ids, paths)}
     tokens, _ = data.load_tokens(tokens_path)
-    speed, latency = bench.measure(models, tokens["test"], settings)
+    speed, latency = bench.measure(models, tokens["test"], settings["batch_size"], settings["repeats"],
+                                   settings["contexts"])
     write_csv(out["speed"], speed)
     write_csv(out["latency"], latency)
     tokenizer = data.load_tokenizer(tokenizer_path)
