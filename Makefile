@@ -3,9 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= 2
-export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296
 
-.PHONY: run test setup lint bench slurm-up slurm-down clean
+.PHONY: run test setup lint bench bench-train slurm-up slurm-down clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,6 +27,9 @@ lint: setup  ## ruff and snakemake --lint
 
 bench: setup  ## side-by-side speed of baseline and pruned models, printed
 	$(PY) -m iteralite.speedcheck
+
+bench-train: setup  ## the training step with the fused scan, the reference scan and no scan, side by side, printed
+	$(PY) -m iteralite.trainbench
 
 slurm-up:  ## start a single-node Slurm cluster on localhost (root, Debian)
 	bash tools/slurm-cluster.sh up

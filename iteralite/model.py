@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .scan import selective_scan
+
 
 @dataclass
 class IteraLiteConfig:
@@ -106,54 +108,6 @@ class RMSNorm(nn.Module):
     def forward(self, x):  # (..., width) -> (..., width)
         mean_square = x.pow(2).sum(-1, keepdim=True) / self.ref_width
         return x * torch.rsqrt(mean_square + self.eps) * self.weight
-
-
-class LinearRecurrence(torch.autograd.Function):
-    """h_t = a_t * h_{t-1} + b_t with h_{-1} = 0, over dim 0 of (l, ...) tensors; returns every h_t.
-
-    One fused multiply-add per step forward and one backward, written in place into preallocated tensors, instead
-    of autograd recording a graph node per step and stacking the states afterwards.
-    """
-
-    @staticmethod
-    def forward(ctx, a, b):  # a, b: (l, ...) -> h: (l, ...)
-        h = torch.empty_like(b)
-        h[0].copy_(b[0])
-        for t in range(1, b.shape[0]):
-            torch.addcmul(b[t], a[t], h[t - 1], out=h[t])
-        ctx.save_for_backward(a, h)
-        return h
-
-    @staticmethod
-    def backward(ctx, grad_h):
-        a, h = ctx.saved_tensors
-        grad_h = grad_h.contiguous()
-        grad_b = torch.empty_like(grad_h)  # dL/db_t = dL/dh_t accumulated backwards through time
-        grad_b[-1].copy_(grad_h[-1])
-        for t in range(grad_h.shape[0] - 2, -1, -1):
-            torch.addcmul(grad_h[t], a[t + 1], grad_b[t + 1], out=grad_b[t])
-        grad_a = torch.zeros_like(a)
-        grad_a[1:] = grad_b[1:] * h[:-1]  # dL/da_t = dL/db_t * h_{t-1}, and h_{-1} = 0
-        return grad_a, grad_b
-
-
-def selective_scan(x, delta, A, B, C, D):
-    """The selective scan.
-
-    x, delta: (b, l, di); A: (n,); B: (n, di); C: (di, n); D: (di,)  ->  y: (b, l, di)
-
-    Discretisation (zero-order hold on A, Euler on B), per channel and state entry:
-        h_t = exp(delta_t * A) * h_{t-1} + delta_t * B * x_t
-        y_t = C h_t + D x_t
-    The recurrence runs as a loop over time (LinearRecurrence); every vectorised form measured on the project's
-    2-core CPU (log-depth scans, chunked decay matrices) was slower.
-    """
-    # Time first, so each step is one contiguous slice; float32 even under bf16 autocast (128 chained products).
-    delta_t, x_t = delta.float().transpose(0, 1), x.float().transpose(0, 1)
-    decay = torch.exp(delta_t.unsqueeze(-1) * A).contiguous()  # (l, b, di, n)
-    drive = ((delta_t * x_t).unsqueeze(-1) * B.t()).contiguous()  # (l, b, di, n)
-    states = LinearRecurrence.apply(decay, drive)  # (l, b, di, n)
-    return ((states * C).sum(-1) + D * x_t).transpose(0, 1)
 
 
 class SSMBlock(nn.Module):
@@ -274,6 +228,11 @@ class IteraLite(nn.Module):
         return hidden @ self.tok_emb.weight.t()
 
     def forward(self, idx):  # idx: (b, l) token ids -> logits (b, l, v), load-balancing loss (scalar)
+        hidden, balance = self.hidden_states(idx)
+        return self.head(hidden), balance
+
+    def hidden_states(self, idx):  # idx: (b, l) -> final normed hidden states (b, l, d), load-balancing loss
+        """Everything but the LM head, so that training and evaluation can run the head in chunks (losses.py)."""
         if idx.shape[1] > self.cfg.max_seq:
             raise ValueError(f"sequence of {idx.shape[1]} tokens exceeds model.max_seq={self.cfg.max_seq}")
         pos = torch.arange(idx.shape[1], device=idx.device)
@@ -283,7 +242,7 @@ class IteraLite(nn.Module):
             u = layer["ssm"](u)
             u, layer_balance = layer["moe"](u)
             balance = balance + layer_balance
-        return self.head(self.norm_f(u)), balance / len(self.layers)
+        return self.norm_f(u), balance / len(self.layers)
 
     def empty_cache(self, batch: int, device=None):
         return [layer["ssm"].empty_state(batch, device) for layer in self.layers]

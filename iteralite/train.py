@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 
 from .artifacts import load_torch, save_torch
 from .data import TokenWindows, eval_windows
+from .losses import head_cross_entropy_sum, lm_losses
 from .model import IteraLite
 
 log = logging.getLogger(__name__)
@@ -99,20 +99,30 @@ def perplexity(model: IteraLite, tokens: torch.Tensor, max_tokens: int, batch_si
     for chunk in windows.split(batch_size):
         chunk = chunk.to(device)
         with autocast(device):
-            logits, _ = model(chunk[:, :-1])
-        total += F.cross_entropy(logits.float().flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum").item()
+            hidden, _ = model.hidden_states(chunk[:, :-1])
+        total += head_cross_entropy_sum(model.head, hidden.flatten(0, 1), chunk[:, 1:].flatten())
         count += chunk[:, 1:].numel()
     model.train(was_training)
     return math.exp(total / count)
 
 
-def distillation_loss(student_logits, teacher_logits, temperature: float):
-    """KL(teacher || student) on temperature-softened distributions, scaled by T^2 (Hinton et al., 2015)."""
-    t = temperature
-    return F.kl_div(
-        F.log_softmax(student_logits.float() / t, -1), F.log_softmax(teacher_logits.float() / t, -1), log_target=True,
-        reduction="batchmean",
-    ) * (t * t)
+def batch_losses(model: IteraLite, batch: torch.Tensor, cfg: TrainConfig, teacher: IteraLite | None = None):
+    """(the loss to minimise, the next-token cross-entropy, the balance loss) of one batch of windows (b, l + 1).
+
+    The LM head runs in chunks (losses.py); with a teacher and cfg.distill_weight > 0 the loss mixes in
+    distillation: (1 - w) * (CE + aux * balance) + w * KD."""
+    hidden, balance = model.hidden_states(batch[:, :-1])
+    teacher_hidden = teacher_weight = None
+    if teacher is not None and cfg.distill_weight > 0:
+        with torch.no_grad():
+            teacher_hidden = teacher.hidden_states(batch[:, :-1])[0].flatten(0, 1)
+        teacher_weight = teacher.tok_emb.weight
+    ce, kd = lm_losses(hidden.flatten(0, 1), model.tok_emb.weight, batch[:, 1:].flatten(), teacher_hidden,
+                       teacher_weight, cfg.distill_temperature)
+    loss = ce + cfg.aux_loss_weight * balance
+    if teacher_hidden is not None:
+        loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd
+    return loss, ce, balance
 
 
 class _SignalFlag:
@@ -218,14 +228,7 @@ def train(
             step_start = time.perf_counter()
             batch = windows.next().to(device)
             with autocast(device):
-                logits, balance = model(batch[:, :-1])
-                loss_lm = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-                loss = loss_lm + cfg.aux_loss_weight * balance
-                if teacher is not None and cfg.distill_weight > 0:
-                    with torch.no_grad():
-                        teacher_logits, _ = teacher(batch[:, :-1])
-                    kd = distillation_loss(logits.flatten(0, 1), teacher_logits.flatten(0, 1), cfg.distill_temperature)
-                    loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd
+                loss, loss_lm, balance = batch_losses(model, batch, cfg, teacher)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

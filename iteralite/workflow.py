@@ -1,15 +1,25 @@
-"""Glue for scripts/: logging to the rule's log file and a fixed thread count."""
+"""Glue for scripts/ and the benches: logging to the rule's log file, a fixed thread count, bounded native caches."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import torch
 
 
+def bound_native_caches() -> None:
+    """Bound oneDNN's cache of compiled primitives, which keeps one per matmul shape (1024 by default). The MoE
+    experts see a different number of tokens at every step, so with the default the cache, and the process's
+    resident memory, grew by about 20 MB per training step (1.4 GB after 40 steps of the default model). Read by
+    oneDNN when it creates its first primitive, so this runs before any computation."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
+
+
 def start(snakemake) -> logging.Logger:
     """Send this job's logging (and uncaught errors) to its log file; fix torch's threads to the rule's."""
+    bound_native_caches()
     log_path = snakemake.log[0] if snakemake.log else None
     handlers = [logging.StreamHandler(sys.stderr)]
     if log_path:

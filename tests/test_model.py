@@ -46,14 +46,6 @@ def test_top2_gates_sum_to_one(tiny_model):
     assert (chosen[:, 0] != chosen[:, 1]).all()
 
 
-def test_scan_gradient_matches_autograd_reference():
-    from iteralite.model import LinearRecurrence
-
-    a = torch.rand(7, 2, 3, dtype=torch.double, requires_grad=True)
-    b = torch.randn(7, 2, 3, dtype=torch.double, requires_grad=True)
-    assert torch.autograd.gradcheck(LinearRecurrence.apply, (a, b))
-
-
 def test_sequence_longer_than_max_seq_is_refused(tiny_model):
     import pytest
 

@@ -8,7 +8,7 @@ import torch
 
 from iteralite.artifacts import save_torch
 from iteralite.checkpoint import load_checkpoint, save_checkpoint
-from iteralite.train import TrainConfig, distillation_loss, lr_factor, perplexity, train
+from iteralite.train import TrainConfig, lr_factor, perplexity, train
 
 
 def corpus_tokens(n=6000, vocab=300, seed=0):
@@ -44,9 +44,6 @@ def test_early_stopping_stops(tiny_model):
 
 
 def test_distillation_changes_the_loss(tiny_model):
-    logits = torch.randn(10, 300)
-    assert distillation_loss(logits, logits, 2.0).item() == pytest.approx(0.0, abs=1e-6)
-    assert distillation_loss(logits, torch.randn(10, 300), 2.0).item() > 0.1
     tokens = corpus_tokens()
     base_cfg = dict(batch_size=4, lr=1e-3, warmup=1, max_steps=3, eval_every=3, eval_tokens=500)
     teacher = load_copy(tiny_model)
