@@ -65,80 +65,114 @@ class LinearRecurrence(torch.autograd.Function):
         return grad_a, grad_b
 
 
-def _forward_kernel(x, delta, decays, Bt, C, D, y):
-    """decays = exp(delta * A), (b, l, di, n) for the few batch rows of one call; Bt is B transposed, (di, n): every
-    inner loop over the state runs over contiguous memory."""
-    bsz, length, d_inner = x.shape
+def _forward_task(task, x, delta, decays, Bt, C, D, y):
+    """One batch row x one block of channels. decays = exp(delta * A), (b, l, di, n) for the few batch rows of one
+    call; Bt is B transposed, (di, n): every inner loop over the state runs over contiguous memory."""
+    length, d_inner = x.shape[1], x.shape[2]
     n = Bt.shape[1]
     blocks = (d_inner + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
-    for task in numba.prange(bsz * blocks):
-        b, first = task // blocks, (task % blocks) * CHANNEL_BLOCK
-        width = min(CHANNEL_BLOCK, d_inner - first)
-        h = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)
-        for t in range(length):
-            for c in range(width):
-                d = first + c
-                dt, xt = delta[b, t, d], x[b, t, d]
-                acc = D[d] * xt
-                for k in range(n):
-                    state = decays[b, t, d, k] * h[c, k] + dt * Bt[d, k] * xt
-                    h[c, k] = state
-                    acc += C[d, k] * state
-                y[b, t, d] = acc
+    b, first = task // blocks, (task % blocks) * CHANNEL_BLOCK
+    width = min(CHANNEL_BLOCK, d_inner - first)
+    h = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)
+    for t in range(length):
+        for c in range(width):
+            d = first + c
+            dt, xt = delta[b, t, d], x[b, t, d]
+            acc = D[d] * xt
+            for k in range(n):
+                state = decays[b, t, d, k] * h[c, k] + dt * Bt[d, k] * xt
+                h[c, k] = state
+                acc += C[d, k] * state
+            y[b, t, d] = acc
 
 
-def _backward_kernel(x, delta, decays, A, Bt, C, D, grad_y, grad_x, grad_delta, grad_A, grad_Bt, grad_C, grad_D):
-    """grad_x, grad_delta: (b, l, di); per batch row: grad_A, grad_Bt, grad_C (b, di, n), grad_D (b, di), summed
-    over b by the caller. Each task accumulates its channels' parameter gradients in registers-sized buffers and
-    writes them once."""
-    bsz, length, d_inner = x.shape
+def _backward_task(task, x, delta, decays, A, Bt, C, D, grad_y, grad_x, grad_delta, grad_A, grad_Bt, grad_C, grad_D):
+    """One batch row x one block of channels. grad_x, grad_delta: (b, l, di); per batch row: grad_A, grad_Bt,
+    grad_C (b, di, n), grad_D (b, di), summed over b by the caller. The block's parameter gradients accumulate in
+    small buffers and are written once."""
+    length, d_inner = x.shape[1], x.shape[2]
     n = A.shape[0]
     blocks = (d_inner + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
-    for task in numba.prange(bsz * blocks):
-        b, first = task // blocks, (task % blocks) * CHANNEL_BLOCK
-        width = min(CHANNEL_BLOCK, d_inner - first)
-        states = np.zeros((length + 1, CHANNEL_BLOCK, n), dtype=x.dtype)  # states[t + 1] = h_t, states[0] = 0
-        for t in range(length):  # recompute the block's states
-            for c in range(width):
-                d = first + c
-                dt, xt = delta[b, t, d], x[b, t, d]
-                for k in range(n):
-                    states[t + 1, c, k] = decays[b, t, d, k] * states[t, c, k] + dt * Bt[d, k] * xt
-        carry = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)  # dL/dh_t through h_{t+1}
-        g_A = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)
-        g_B = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)
-        g_C = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)
-        g_D = np.zeros(CHANNEL_BLOCK, dtype=x.dtype)
-        for t in range(length - 1, -1, -1):
-            for c in range(width):
-                d = first + c
-                dt, xt, gy = delta[b, t, d], x[b, t, d], grad_y[b, t, d]
-                gx = gy * D[d]
-                gdelta = gx * 0  # of x's dtype
-                g_D[c] += gy * xt
-                for k in range(n):
-                    decay = decays[b, t, d, k]
-                    g = carry[c, k] + gy * C[d, k]  # dL/dh_t
-                    g_C[c, k] += gy * states[t + 1, c, k]
-                    g_decay = g * states[t, c, k] * decay  # dL/d(delta_t * A) through the decay
-                    gdelta += g_decay * A[k] + g * Bt[d, k] * xt
-                    gx += g * dt * Bt[d, k]
-                    g_A[c, k] += g_decay * dt
-                    g_B[c, k] += g * dt * xt
-                    carry[c, k] = g * decay
-                grad_x[b, t, d] = gx
-                grad_delta[b, t, d] = gdelta
+    b, first = task // blocks, (task % blocks) * CHANNEL_BLOCK
+    width = min(CHANNEL_BLOCK, d_inner - first)
+    states = np.zeros((length + 1, CHANNEL_BLOCK, n), dtype=x.dtype)  # states[t + 1] = h_t, states[0] = 0
+    for t in range(length):  # recompute the block's states
         for c in range(width):
-            grad_D[b, first + c] = g_D[c]
+            d = first + c
+            dt, xt = delta[b, t, d], x[b, t, d]
             for k in range(n):
-                grad_A[b, first + c, k] = g_A[c, k]
-                grad_Bt[b, first + c, k] = g_B[c, k]
-                grad_C[b, first + c, k] = g_C[c, k]
+                states[t + 1, c, k] = decays[b, t, d, k] * states[t, c, k] + dt * Bt[d, k] * xt
+    carry = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)  # dL/dh_t through h_{t+1}
+    g_A = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)
+    g_B = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)
+    g_C = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)
+    g_D = np.zeros(CHANNEL_BLOCK, dtype=x.dtype)
+    for t in range(length - 1, -1, -1):
+        for c in range(width):
+            d = first + c
+            dt, xt, gy = delta[b, t, d], x[b, t, d], grad_y[b, t, d]
+            gx = gy * D[d]
+            gdelta = gx * 0  # of x's dtype
+            g_D[c] += gy * xt
+            for k in range(n):
+                decay = decays[b, t, d, k]
+                g = carry[c, k] + gy * C[d, k]  # dL/dh_t
+                g_C[c, k] += gy * states[t + 1, c, k]
+                g_decay = g * states[t, c, k] * decay  # dL/d(delta_t * A) through the decay
+                gdelta += g_decay * A[k] + g * Bt[d, k] * xt
+                gx += g * dt * Bt[d, k]
+                g_A[c, k] += g_decay * dt
+                g_B[c, k] += g * dt * xt
+                carry[c, k] = g * decay
+            grad_x[b, t, d] = gx
+            grad_delta[b, t, d] = gdelta
+    for c in range(width):
+        grad_D[b, first + c] = g_D[c]
+        for k in range(n):
+            grad_A[b, first + c, k] = g_A[c, k]
+            grad_Bt[b, first + c, k] = g_B[c, k]
+            grad_C[b, first + c, k] = g_C[c, k]
 
 
+def _tasks(x):
+    """Batch rows x blocks of channels."""
+    return x.shape[0] * ((x.shape[2] + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK)
+
+
+def _forward_serial(x, *args):
+    for task in range(_tasks(x)):
+        _forward_task(task, x, *args)
+
+
+def _forward_parallel(x, *args):
+    for task in numba.prange(_tasks(x)):
+        _forward_task(task, x, *args)
+
+
+def _backward_serial(x, *args):
+    for task in range(_tasks(x)):
+        _backward_task(task, x, *args)
+
+
+def _backward_parallel(x, *args):
+    for task in numba.prange(_tasks(x)):
+        _backward_task(task, x, *args)
+
+
+# (forward, backward), serial and parallel: separate functions, so that numba's on-disk cache keeps them apart. With
+# one thread the serial pair runs: numba's OpenMP pool spins between parallel regions, and two 1-thread evaluation
+# jobs side by side on 2 cores each took 40 s instead of 3 s.
+KERNELS = {}
 if numba is not None:
-    _forward_kernel = numba.njit(parallel=True, cache=True, fastmath=True)(_forward_kernel)
-    _backward_kernel = numba.njit(parallel=True, cache=True, fastmath=True)(_backward_kernel)
+    _forward_task = numba.njit(cache=True, fastmath=True)(_forward_task)
+    _backward_task = numba.njit(cache=True, fastmath=True)(_backward_task)
+    _tasks = numba.njit(cache=True)(_tasks)
+    KERNELS = {
+        False: (numba.njit(cache=True, fastmath=True)(_forward_serial),
+                numba.njit(cache=True, fastmath=True)(_backward_serial)),
+        True: (numba.njit(parallel=True, cache=True, fastmath=True)(_forward_parallel),
+               numba.njit(parallel=True, cache=True, fastmath=True)(_backward_parallel)),
+    }
 
 
 def _arrays(*tensors):
@@ -150,9 +184,9 @@ class FusedScan(torch.autograd.Function):
     def forward(ctx, x, delta, A, B, C, D):
         x, delta, Bt = x.contiguous(), delta.contiguous(), B.t().contiguous()
         y = torch.empty_like(x)
-        _set_threads()
+        forward_kernel, _ = _kernels()
         for rows, decays in _decays_by_rows(delta, A):
-            _forward_kernel(*_arrays(x[rows], delta[rows], decays, Bt, C, D), y[rows].numpy())
+            forward_kernel(*_arrays(x[rows], delta[rows], decays, Bt, C, D), y[rows].numpy())
         ctx.save_for_backward(x, delta, A, Bt, C, D)
         return y
 
@@ -164,9 +198,9 @@ class FusedScan(torch.autograd.Function):
         grad_x, grad_delta = torch.empty_like(x), torch.empty_like(delta)
         grad_A, grad_Bt, grad_C = (x.new_empty(bsz, d_inner, A.shape[0]) for _ in range(3))
         grad_D = x.new_empty(bsz, d_inner)
-        _set_threads()
+        _, backward_kernel = _kernels()
         for rows, decays in _decays_by_rows(delta, A):
-            _backward_kernel(*_arrays(x[rows], delta[rows], decays, A, Bt, C, D, grad_y[rows]),
+            backward_kernel(*_arrays(x[rows], delta[rows], decays, A, Bt, C, D, grad_y[rows]),
                              *(g[rows].numpy() for g in (grad_x, grad_delta, grad_A, grad_Bt, grad_C, grad_D)))
         return grad_x, grad_delta, grad_A.sum((0, 1)), grad_Bt.sum(0).t(), grad_C.sum(0), grad_D.sum(0)
 
@@ -183,9 +217,13 @@ def _decays_by_rows(delta, A):
         yield rows, decays.exp_().numpy()
 
 
-def _set_threads():
-    """The kernel uses as many threads as torch (the rule's `threads`)."""
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+def _kernels():
+    """The kernels for as many threads as torch has (the rule's `threads`)."""
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if threads == 1:
+        return KERNELS[False]
+    numba.set_num_threads(threads)
+    return KERNELS[True]
 
 
 def fused_available(*tensors) -> bool:
@@ -193,14 +231,17 @@ def fused_available(*tensors) -> bool:
                                      for t in tensors)
 
 
-# auto: fused where available, else reference; "reference" forces torch ops; "none" replaces the scan by y = D * x,
-# the floor that `make bench-train` compares the scan against (iteralite.trainbench).
+# auto: fused where available, else reference; "reference" forces torch ops. For `make bench-train` only
+# (iteralite.trainbench): "none" replaces the scan by y = D * x, the floor, which also drops delta's path
+# (delta_proj, softplus); "delta" is that floor with delta's path kept (y = D * x + 0 * delta).
 IMPLEMENTATION = "auto"
 
 
 def selective_scan(x, delta, A, B, C, D):
     if IMPLEMENTATION == "none":
         return D * x
+    if IMPLEMENTATION == "delta":
+        return D * x + 0 * delta
     if IMPLEMENTATION == "auto" and fused_available(x, delta, A, B, C, D):
         dtype = torch.promote_types(x.dtype, A.dtype)
         return FusedScan.apply(*(t.to(dtype) for t in (x, delta, A, B, C, D)))

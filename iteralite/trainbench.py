@@ -24,7 +24,7 @@ from .model import IteraLite, IteraLiteConfig
 from .train import TrainConfig, batch_losses
 from .workflow import bound_native_caches
 
-IMPLEMENTATIONS = {"fused": "auto", "floor": "none"}
+IMPLEMENTATIONS = {"fused": "auto", "floor": "none", "delta": "delta"}
 
 
 def peak_rss_mb() -> float:
@@ -85,7 +85,7 @@ def main(argv: list[str]) -> None:
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}, "
           f"ONEDNN_PRIMITIVE_CACHE_CAPACITY={os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']}")
     for name, label in (("fused", "project's scan (fused CPU kernel)"), ("reference", "reference scan (torch ops)"),
-                        ("floor", "no scan (y = D * x)")):
+                        ("delta", "no scan, delta's path kept"), ("floor", "no scan (y = D * x)")):
         print(f"  {label:<36}{1000 * median[name]:>8.0f} ms/step{tokens / median[name]:>10,.0f} tokens/s"
               f"{median[name] / median['floor']:>7.2f}x floor")
     print(f"training: {tokens / median['fused']:.0f} tokens/s, {median['fused'] / median['floor']:.2f}x the no-scan "
