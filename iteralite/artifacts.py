@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,6 +68,9 @@ def load_torch(path, what: str = "file"):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{what} {path} is not a torch file: torch files are zip archives and this file is not "
+                              "one (another format, or cut short)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged zip or pickle raises almost anything (KeyError, EOFError, RuntimeError...)

@@ -5,6 +5,8 @@ A pruned model is an ordinary checkpoint (its config records the kept sizes), so
 
 from __future__ import annotations
 
+import torch
+
 from .artifacts import CheckpointError, load_torch, save_torch
 from .model import IteraLite, IteraLiteConfig
 
@@ -32,8 +34,9 @@ def load_checkpoint(path, device="cpu") -> tuple[IteraLite, dict]:
         raise CheckpointError(f"checkpoint {path} is not an IteraLite checkpoint (format {CHECKPOINT_FORMAT} expected)")
     try:
         cfg = IteraLiteConfig.from_dict(blob["config"])
-        model = IteraLite(cfg)
-        model.load_state_dict(blob["state_dict"])
+        with torch.device("meta"):  # no storage: sizes claimed by the file allocate nothing before they are checked
+            model = IteraLite(cfg)
+        model.load_state_dict(blob["state_dict"], assign=True)
     except (ValueError, RuntimeError, TypeError, KeyError) as err:
         raise CheckpointError(f"checkpoint {path} does not match its model config: {err}") from None
     return model.to(device), {k: v for k, v in blob.items() if k != "state_dict"}

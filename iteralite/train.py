@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass, fields
 
@@ -71,8 +72,17 @@ class TrainConfig:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
+    """The config's `device`: auto (CUDA when visible), cpu or cuda; cuda with no visible device fails here, at the
+    start of the job, with what a user needs to find out why."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        build = "this torch build has CUDA" if torch.backends.cuda.is_built() else "this torch build has no CUDA"
+        raise RuntimeError(
+            f"device: cuda, but no CUDA device is visible on host {socket.gethostname()} "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, {build}); on Slurm, check that "
+            "the job's gres request was granted, or set device: auto or cpu"
+        )
     return torch.device(requested)
 
 

@@ -13,7 +13,8 @@ rule train_baseline:
     threads: 2
     resources:
         runtime=480,
-        mem_mb=8000,
+        # measured peak RSS 1.15 GB (benchmarks/train_baseline.tsv, max_rss, default study), with a margin
+        mem_mb=2000,
     conda:
         "../envs/iteralite.yaml"
     log:

@@ -16,7 +16,8 @@ rule finetune:
     threads: 2
     resources:
         runtime=480,
-        mem_mb=8000,
+        # measured peak RSS 0.95-1.16 GB (benchmarks/finetune/*.tsv, max_rss, default study), with a margin
+        mem_mb=2000,
     conda:
         "../envs/iteralite.yaml"
     log:

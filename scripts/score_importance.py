@@ -3,11 +3,12 @@ from iteralite.stages import pruning
 
 workflow.start(snakemake)  # noqa: F821
 settings, inp, out = snakemake.params.settings, snakemake.input, snakemake.output  # noqa: F821
+# The slice holds exactly what the criterion reads (study.importance_keys): random scores only the seed; the
+# calibration keys only when the criterion, or the expert criterion, reads data.
+chosen = settings.get("pruning", {})
 calibration = None
-if "calibration_batches" in settings.get("pruning", {}):  # the criterion reads data (study.importance_keys)
-    calibration = {"batches": settings["pruning"]["calibration_batches"],
-                   "batch_size": settings["train"]["batch_size"],
+if "calibration_batches" in chosen:
+    calibration = {"batches": chosen["calibration_batches"], "batch_size": settings["train"]["batch_size"],
                    "aux_loss_weight": settings["train"]["aux_loss_weight"]}
 pruning.score_importance(inp.checkpoint, inp.tokens, snakemake.wildcards.criterion,  # noqa: F821
-                         settings.get("pruning", {}).get("expert_criterion", "same"), settings.get("seed", 0),
-                         calibration, out.scores, out.csv)
+                         chosen.get("expert_criterion"), settings.get("seed"), calibration, out.scores, out.csv)

@@ -34,7 +34,7 @@ def test_truncated_and_foreign_files_are_named(tiny_model, tmp_path):
         load_checkpoint(foreign)
     text = tmp_path / "notes.pt"
     text.write_text("hello")
-    with pytest.raises(CheckpointError, match=str(text)):
+    with pytest.raises(CheckpointError, match=f"{text} is not a torch file: torch files are zip archives"):
         load_checkpoint(text)
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
@@ -90,3 +90,33 @@ def test_user_baseline_checkpoint_is_checked_against_config(tiny_model, tmp_path
     with pytest.raises(CheckpointError, match="trained with another tokenizer"):
         training.use_checkpoint(tiny_model.cfg, str(user), str(tokens), str(tmp_path / "o3.pt"),
                                 str(tmp_path / "c3.csv"))
+
+
+def test_claimed_sizes_allocate_nothing_before_they_are_checked(tiny_model, tmp_path):
+    """A config claiming a 10^9-token vocabulary (128 GB of embedding) is refused on its tensor shapes, in a process
+    allowed 4 GB of address space: the model is built without storage first."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "huge.pt"
+    save_checkpoint(path, tiny_model, "sha")
+    blob = torch.load(path, weights_only=True)
+    blob["config"]["vocab_size"] = 10**9
+    torch.save(blob, path)
+    code = ("import resource, sys\n"
+            "from iteralite.checkpoint import load_checkpoint\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+            "try:\n    load_checkpoint(sys.argv[1])\nexcept Exception as err:\n    print(type(err).__name__, err)\n")
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert run.stdout.startswith(f"CheckpointError checkpoint {path} does not match its model config"), run
+    assert "size mismatch for tok_emb.weight" in run.stdout
+
+
+def test_cuda_device_that_is_not_there_is_named_at_once():
+    from iteralite.train import pick_device
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(RuntimeError, match=r"device: cuda, but no CUDA device is visible on host .+ "
+                                           r"\(CUDA_VISIBLE_DEVICES="):
+        pick_device("cuda")

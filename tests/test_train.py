@@ -147,3 +147,16 @@ def test_resume_state_of_another_run_is_discarded(tiny_model, tmp_path):
     assert fresh.returncode == 0, fresh.stderr
     a, b = load_checkpoint(straight / "model.pt")[0], load_checkpoint(interrupted / "model.pt")[0]
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_steps_follow_the_cpu_ones(tiny_model):
+    """A few steps on CUDA (reference scan, chunked head, bf16 autocast) track the CPU steps (fused scan)."""
+    tokens = corpus_tokens()
+    cfg = TrainConfig(batch_size=8, lr=3e-3, warmup=2, max_steps=8, eval_every=8, eval_tokens=2000)
+    _, cpu = train(load_copy(tiny_model), tokens, tokens, cfg, device=torch.device("cpu"))
+    _, cuda = train(load_copy(tiny_model), tokens, tokens, cfg, device=torch.device("cuda"))
+    for a, b in zip(cpu, cuda):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=2e-2), (a, b)
+    assert cuda[-1]["val_ppl"] == pytest.approx(cpu[-1]["val_ppl"], rel=5e-2)

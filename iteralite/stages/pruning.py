@@ -14,9 +14,11 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 log = logging.getLogger(__name__)
 
 
-def score_importance(checkpoint: str, tokens_path: str, criterion: str, expert_criterion: str, seed: int,
-                     calibration: dict | None, out_scores: str, out_csv: str) -> None:
-    """`calibration` ({batches, batch_size, aux_loss_weight}) is given exactly when the criterion needs data."""
+def score_importance(checkpoint: str, tokens_path: str, criterion: str, expert_criterion: str | None,
+                     seed: int | None, calibration: dict | None, out_scores: str, out_csv: str) -> None:
+    """`calibration` ({batches, batch_size, aux_loss_weight}) is given exactly when the criterion needs data; the
+    expert criterion is None for random scores (which score experts randomly too), the seed None where nothing is
+    random."""
     model, _ = load_checkpoint(checkpoint)
     stats = pruning.CalibrationStats()
     if calibration:
