@@ -164,14 +164,14 @@ def _backward_parallel(x, *args):
 # jobs side by side on 2 cores each took 40 s instead of 3 s.
 KERNELS = {}
 if numba is not None:
-    _forward_task = numba.njit(cache=True, fastmath=True)(_forward_task)
-    _backward_task = numba.njit(cache=True, fastmath=True)(_backward_task)
+    _forward_task = numba.njit(cache=True)(_forward_task)
+    _backward_task = numba.njit(cache=True)(_backward_task)
     _tasks = numba.njit(cache=True)(_tasks)
     KERNELS = {
-        False: (numba.njit(cache=True, fastmath=True)(_forward_serial),
-                numba.njit(cache=True, fastmath=True)(_backward_serial)),
-        True: (numba.njit(parallel=True, cache=True, fastmath=True)(_forward_parallel),
-               numba.njit(parallel=True, cache=True, fastmath=True)(_backward_parallel)),
+        False: (numba.njit(cache=True)(_forward_serial),
+                numba.njit(cache=True)(_backward_serial)),
+        True: (numba.njit(parallel=True, cache=True)(_forward_parallel),
+               numba.njit(parallel=True, cache=True)(_backward_parallel)),
     }
 
 
