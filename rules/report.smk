@@ -62,6 +62,7 @@ rule report:
         latency="results/bench/latency.csv",
         samples="results/bench/samples.json",
         job_benchmarks=job_benchmarks(),
+        plan="report/plan_expectations.yaml",
     output:
         html="results/report.html",
     params:

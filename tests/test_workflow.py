@@ -80,6 +80,7 @@ def test_report_is_self_contained(study):
                     "Size and quality", "Speed", "Sample generations", "Cost per rule", "Study config"):
         assert f"<h2>{section}</h2>" in page, section
     assert "http://" not in page and "https://" not in page.replace("https://json-schema.org", "")
+    assert "Source: Phase 7, Task 2 plan" in page and "<td>2.37x</td>" in page  # the plan's figures, from the repo
 
 
 def test_up_to_date_study_reruns_nothing_and_report_inputs_rerun_only_report(study):
