@@ -27,9 +27,10 @@ def save_checkpoint(path, model: IteraLite, tokenizer_sha256: str, meta: dict | 
     )
 
 
-def load_checkpoint(path, device="cpu") -> tuple[IteraLite, dict]:
-    """Rebuild the model a checkpoint describes; returns (model, the checkpoint's other fields)."""
-    blob = load_torch(path, "checkpoint")
+def load_checkpoint(path, device="cpu", blob: dict | None = None) -> tuple[IteraLite, dict]:
+    """Rebuild the model a checkpoint describes (from `blob` when the file was already loaded); returns (model, the
+    checkpoint's other fields)."""
+    blob = load_torch(path, "checkpoint") if blob is None else blob
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path} is not an IteraLite checkpoint (format {CHECKPOINT_FORMAT} expected)")
     try:

@@ -284,11 +284,12 @@ def matmul_seconds(tokens: int = 128, n: int = 8000, k: int = 128, group_size: i
     return int4, best_of(lambda: x @ w.t())
 
 
-def load_quantized(path, device="cpu", path_mode: str = "auto") -> QuantizedIteraLite:
-    """Rebuild an inference model from an INT4 file; its matmul path is chosen here, for this machine."""
+def load_quantized(path, device="cpu", path_mode: str = "auto", blob: dict | None = None) -> QuantizedIteraLite:
+    """Rebuild an inference model from an INT4 file (from `blob` when the file was already loaded); its matmul path
+    is chosen here, for this machine."""
     if path_mode not in PATHS:
         raise ValueError(f"INT4 path must be one of {PATHS}, got {path_mode!r}")
-    blob = load_torch(path, "INT4 model")
+    blob = load_torch(path, "INT4 model") if blob is None else blob
     cfg = IteraLiteConfig.from_dict(blob["config"])
     with torch.device("meta"):
         model = QuantizedIteraLite(cfg)
@@ -323,7 +324,7 @@ def load_quantized(path, device="cpu", path_mode: str = "auto") -> QuantizedIter
 
 def load_model(path, int4_path: str) -> nn.Module:
     """An fp32 checkpoint or an INT4 file, as a CPU inference model; an INT4 file takes the matmul path `int4_path`."""
-    blob = load_torch(path, "model file")
+    blob = load_torch(path, "model file")  # read once, whichever format it holds
     if isinstance(blob, dict) and blob.get("format") == INT4_FORMAT:
-        return load_quantized(path, path_mode=int4_path)
-    return load_checkpoint(path)[0]
+        return load_quantized(path, path_mode=int4_path, blob=blob)
+    return load_checkpoint(path, blob=blob)[0]
