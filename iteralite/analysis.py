@@ -7,7 +7,7 @@ import re
 import pandas as pd
 
 from .model import IteraLite
-from .pruning import build_groups
+from .pruning.groups import build_groups
 
 # (pattern on the state-dict name, component); the first match wins.
 COMPONENTS = [

@@ -13,8 +13,9 @@ import tempfile
 import torch
 import yaml
 
-from . import bench, pruning, quant
+from . import bench, quant
 from .model import IteraLite, count_parameters
+from .pruning import criteria, planner, surgery
 from .study import model_config, plan_for
 
 
@@ -23,9 +24,9 @@ def build_models(config: dict) -> dict:
     dense = IteraLite(model_config(config)).eval()
     target = config["pruning"]["targets"][0]
     plan = plan_for(config, target)
-    counts = pruning.plan_counts(dense.cfg, plan["ratios"], plan["round_to"])
-    scores = pruning.score_groups(dense, "l1", pruning.CalibrationStats(), config["seed"], "same")
-    pruned = pruning.prune(dense, pruning.choose_kept(scores, counts)).eval()
+    counts = planner.plan_counts(dense.cfg, plan["ratios"], plan["round_to"])
+    scores = criteria.score_groups(dense, "l1", criteria.CalibrationStats(), config["seed"], "same")
+    pruned = surgery.prune(dense, surgery.choose_kept(scores, counts)).eval()
     models = {"dense fp32": dense, f"pruned {target} fp32": pruned}
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in list(models.items()):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 
 from .model import IteraLiteConfig
-from .pruning import CRITERIA, PlanError, plan_target
+from .pruning.criteria import CRITERIA
+from .pruning.planner import PlanError, plan_target
 
 
 class ConfigError(ValueError):

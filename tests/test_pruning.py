@@ -3,15 +3,15 @@ import copy
 import pytest
 import torch
 
-from iteralite import pruning
 from iteralite.model import IteraLite, IteraLiteConfig, count_parameters
+from iteralite.pruning import criteria, groups, planner, surgery
 
 
 def drop_some(model, kinds, seed=0):
     """Keep a random subset of channels in the groups of the given kinds, everything in the others."""
     gen = torch.Generator().manual_seed(seed)
     kept = {}
-    for g in pruning.build_groups(model.cfg):
+    for g in groups.build_groups(model.cfg):
         if g.kind in kinds:
             n_keep = max(1, g.size // 2 + (1 if g.kind == "experts" else 0) - 1)
             kept[g.name] = torch.randperm(g.size, generator=gen)[:n_keep].sort().values
@@ -24,8 +24,8 @@ def drop_some(model, kinds, seed=0):
                                    ("width", "ssm_channels", "expert_hidden", "experts")])
 def test_pruned_model_equals_masked_dense_model(tiny_model, kinds):
     kept = drop_some(tiny_model, kinds)
-    pruned = pruning.prune(tiny_model, kept).eval()
-    masked = pruning.masked_model(tiny_model, kept).eval()
+    pruned = surgery.prune(tiny_model, kept).eval()
+    masked = surgery.masked_model(tiny_model, kept).eval()
     idx = torch.randint(0, tiny_model.cfg.vocab_size, (3, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected, _ = masked(idx)
@@ -36,7 +36,7 @@ def test_pruned_model_equals_masked_dense_model(tiny_model, kinds):
 
 def test_tensors_physically_shrink_and_state_dimension_is_untouched(tiny_model):
     kept = drop_some(tiny_model, ("width", "ssm_channels", "expert_hidden", "experts"))
-    pruned = pruning.prune(tiny_model, kept)
+    pruned = surgery.prune(tiny_model, kept)
     width, di = len(kept["width"]), len(kept["layer0.ssm_channels"])
     ssm = pruned.layers[0]["ssm"]
     assert tuple(pruned.tok_emb.weight.shape) == (300, width)  # vocabulary untouched
@@ -47,9 +47,9 @@ def test_tensors_physically_shrink_and_state_dimension_is_untouched(tiny_model):
 
 
 def test_top_k_is_clamped_to_experts_left(tiny_model):
-    kept = {g.name: torch.arange(g.size) for g in pruning.build_groups(tiny_model.cfg)}
+    kept = {g.name: torch.arange(g.size) for g in groups.build_groups(tiny_model.cfg)}
     kept["layer1.experts"] = torch.tensor([2])
-    pruned = pruning.prune(tiny_model, kept)
+    pruned = surgery.prune(tiny_model, kept)
     assert pruned.cfg.top_k_in(1) == 1 and pruned.layers[1]["moe"].top_k == 1
     assert pruned.layers[0]["moe"].top_k == 2
     pruned(torch.zeros(1, 4, dtype=torch.long))  # runs with one expert
@@ -57,34 +57,34 @@ def test_top_k_is_clamped_to_experts_left(tiny_model):
 
 def test_parameter_count_equals_plan_arithmetic(tiny_model):
     ratios = {"width": 0.25, "ssm_channels": 0.5, "expert_hidden": 0.5, "experts": 0.25}
-    counts = pruning.plan_counts(tiny_model.cfg, ratios, {"width": 8, "ssm_channels": 8})
+    counts = planner.plan_counts(tiny_model.cfg, ratios, {"width": 8, "ssm_channels": 8})
     assert counts["width"] == 24 and counts["layer0.ssm_channels"] == 24 and counts["layer0.experts"] == 3
     scores = {name: torch.rand(n) for name, n in
-              ((g.name, g.size) for g in pruning.build_groups(tiny_model.cfg))}
-    pruned = pruning.prune(tiny_model, pruning.choose_kept(scores, counts))
+              ((g.name, g.size) for g in groups.build_groups(tiny_model.cfg))}
+    pruned = surgery.prune(tiny_model, surgery.choose_kept(scores, counts))
     from iteralite.model import parameter_count
 
-    assert count_parameters(pruned) == parameter_count(pruning.pruned_config(tiny_model.cfg, counts))
+    assert count_parameters(pruned) == parameter_count(planner.pruned_config(tiny_model.cfg, counts))
 
 
 def test_criteria_are_deterministic_and_differ_from_random(tiny_model):
     batches = [torch.randint(0, 300, (4, 33), generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    stats = pruning.calibrate(copy.deepcopy(tiny_model), batches)
-    random_scores = pruning.score_groups(tiny_model, "random", stats, seed=7)
-    again = pruning.score_groups(tiny_model, "random", stats, 7)
+    stats = criteria.calibrate(copy.deepcopy(tiny_model), batches)
+    random_scores = criteria.score_groups(tiny_model, "random", stats, seed=7)
+    again = criteria.score_groups(tiny_model, "random", stats, 7)
     assert all(torch.equal(random_scores[k], v) for k, v in again.items())
     for criterion in ("l1", "l2", "taylor", "wanda"):
-        a = pruning.score_groups(tiny_model, criterion, stats, seed=7)
-        b = pruning.score_groups(tiny_model, criterion, stats, seed=8)
+        a = criteria.score_groups(tiny_model, criterion, stats, seed=7)
+        b = criteria.score_groups(tiny_model, criterion, stats, seed=8)
         assert all(torch.equal(a[k], b[k]) for k in a), criterion
-        counts = pruning.plan_counts(tiny_model.cfg, {"ssm_channels": 0.5}, {})
-        chosen = pruning.choose_kept(a, counts)["layer0.ssm_channels"]
-        assert not torch.equal(chosen, pruning.choose_kept(random_scores, counts)["layer0.ssm_channels"]), criterion
+        counts = planner.plan_counts(tiny_model.cfg, {"ssm_channels": 0.5}, {})
+        chosen = surgery.choose_kept(a, counts)["layer0.ssm_channels"]
+        assert not torch.equal(chosen, surgery.choose_kept(random_scores, counts)["layer0.ssm_channels"]), criterion
 
 
 def test_l1_score_sums_every_coupled_slice(tiny_model):
-    group = next(g for g in pruning.build_groups(tiny_model.cfg) if g.name == "layer0.expert1.hidden")
-    scores = pruning.L1().score(group, tiny_model.state_dict(), pruning.CalibrationStats(), 0)
+    group = next(g for g in groups.build_groups(tiny_model.cfg) if g.name == "layer0.expert1.hidden")
+    scores = criteria.L1().score(group, tiny_model.state_dict(), criteria.CalibrationStats(), 0)
     e = tiny_model.layers[0]["moe"].experts[1]
     expected = e.w1.weight.abs().sum(1) + e.w1.bias.abs() + e.w2.weight.abs().sum(0)
     torch.testing.assert_close(scores, expected.detach())
@@ -93,8 +93,8 @@ def test_l1_score_sums_every_coupled_slice(tiny_model):
 def test_infeasible_target_names_bound_and_best_figure():
     cfg = IteraLiteConfig()
     bounds = {"width": 0.0, "ssm_channels": 0.75, "expert_hidden": 0.75, "experts": 0.5}
-    with pytest.raises(pruning.PlanError) as err:
-        pruning.plan_target(cfg, 0.4, bounds, {})
+    with pytest.raises(planner.PlanError) as err:
+        planner.plan_target(cfg, 0.4, bounds, {})
     message = str(err.value)
     assert "pruning.targets" in message and "at most 39.8% can be removed" in message
     assert "pruning.bounds.width=0.0" in message
@@ -103,13 +103,13 @@ def test_infeasible_target_names_bound_and_best_figure():
 def test_global_target_is_met_within_bounds():
     cfg = IteraLiteConfig()
     bounds = {"width": 0.5, "ssm_channels": 0.75, "expert_hidden": 0.75, "experts": 0.5}
-    plan = pruning.plan_target(cfg, 0.4, bounds, {"width": 32, "ssm_channels": 32, "expert_hidden": 16})
+    plan = planner.plan_target(cfg, 0.4, bounds, {"width": 32, "ssm_channels": 32, "expert_hidden": 16})
     assert 0.4 <= plan["removed_fraction"] < 0.45
     assert all(plan["ratios"][k] <= bounds[k] for k in bounds)
 
 
 def test_plan_preset_removes_far_less_than_promised():
-    plan = pruning.plan_target(IteraLiteConfig(), "plan", {}, {"ssm_channels": 32, "expert_hidden": 16})
+    plan = planner.plan_target(IteraLiteConfig(), "plan", {}, {"ssm_channels": 32, "expert_hidden": 16})
     assert 0.15 < plan["removed_fraction"] < 0.2  # the original plan promised 0.40
 
 
@@ -120,7 +120,7 @@ def test_pruned_checkpoint_loads_in_fresh_process(tiny_model, tmp_path):
     from iteralite.checkpoint import save_checkpoint
 
     kept = drop_some(tiny_model, ("width", "ssm_channels"))
-    pruned = pruning.prune(tiny_model, kept)
+    pruned = surgery.prune(tiny_model, kept)
     path = tmp_path / "pruned.pt"
     save_checkpoint(path, pruned, "sha")
     code = (
@@ -135,7 +135,7 @@ def test_pruned_checkpoint_loads_in_fresh_process(tiny_model, tmp_path):
 
 def test_pruned_model_trains(tiny_model):
     kept = drop_some(tiny_model, ("width", "ssm_channels", "expert_hidden"))
-    pruned = pruning.prune(tiny_model, kept).train()
+    pruned = surgery.prune(tiny_model, kept).train()
     logits, balance = pruned(torch.randint(0, 300, (2, 16)))
     (logits.mean() + balance).backward()
     assert all(p.grad is not None for p in pruned.parameters() if p.requires_grad)

@@ -145,7 +145,7 @@ def test_a_config_change_reruns_exactly_what_it_can_change(study, tmp_path, chan
 CODE_EDITS = {
     "report.py": {"report": 1, "all": 1},
     # analyze and both criteria's scores; the pruned and fine-tuned variants, not the baseline nor the control
-    "pruning.py": {"analyze": 1, "score_importance": 2, "prune": 2, "finetune": 2, "quantize": 2, "evaluate": 6,
+    "pruning/groups.py": {"analyze": 1, "score_importance": 2, "prune": 2, "finetune": 2, "quantize": 2, "evaluate": 6,
                    **AFTER_FINETUNE},
     "bench.py": AFTER_FINETUNE,
 }

@@ -7,9 +7,11 @@ import os
 
 import pandas as pd
 
-from .. import analysis, data, pruning
+from .. import analysis, data
 from ..artifacts import load_torch, save_torch, write_csv, write_json
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..pruning import criteria, planner, surgery
+from ..pruning.groups import build_groups
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +22,15 @@ def score_importance(checkpoint: str, tokens_path: str, criterion: str, expert_c
     expert criterion is None for random scores (which score experts randomly too), the seed None where nothing is
     random."""
     model, _ = load_checkpoint(checkpoint)
-    stats = pruning.CalibrationStats()
+    stats = criteria.CalibrationStats()
     if calibration:
         tokens, _ = data.load_tokens(tokens_path)
         windows = data.TokenWindows(tokens["train"], model.cfg.max_seq, calibration["batch_size"], seed)
         batches = [windows.next() for _ in range(calibration["batches"])]
-        stats = pruning.calibrate(model, batches, calibration["aux_loss_weight"])
-    scores = pruning.score_groups(model, criterion, stats, seed, expert_criterion)
+        stats = criteria.calibrate(model, batches, calibration["aux_loss_weight"])
+    scores = criteria.score_groups(model, criterion, stats, seed, expert_criterion)
     save_torch(out_scores, {"criterion": criterion, "scores": scores})
-    groups = {g.name: g for g in pruning.build_groups(model.cfg)}
+    groups = {g.name: g for g in build_groups(model.cfg)}
     write_csv(out_csv, pd.DataFrame([
         {"group": name, "kind": groups[name].kind, "layer": groups[name].layer, "expert": groups[name].expert,
          "channel": c, "score": float(v)}
@@ -40,11 +42,11 @@ def score_importance(checkpoint: str, tokens_path: str, criterion: str, expert_c
 def prune(variant: str, criterion: str, target, bounds: dict, round_to: dict, checkpoint: str, scores_path: str,
           out_checkpoint: str, out_stats: str) -> None:
     dense, meta = load_checkpoint(checkpoint)
-    plan = pruning.plan_target(dense.cfg, target, bounds, round_to)
-    counts = pruning.plan_counts(dense.cfg, plan["ratios"], plan["round_to"])
+    plan = planner.plan_target(dense.cfg, target, bounds, round_to)
+    counts = planner.plan_counts(dense.cfg, plan["ratios"], plan["round_to"])
     scores = load_torch(scores_path, "importance scores")["scores"]
-    kept = pruning.choose_kept(scores, counts)
-    pruned = pruning.prune(dense, kept)
+    kept = surgery.choose_kept(scores, counts)
+    pruned = surgery.prune(dense, kept)
     save_checkpoint(out_checkpoint, pruned, meta["tokenizer_sha256"], {"pruned_from": checkpoint, "variant": variant})
     before = analysis.component_totals(analysis.parameter_table(dense)).set_index("component")["params"]
     after = analysis.component_totals(analysis.parameter_table(pruned)).set_index("component")["params"]
@@ -59,7 +61,7 @@ def prune(variant: str, criterion: str, target, bounds: dict, round_to: dict, ch
         "groups": [
             {"group": g.name, "kind": g.kind, "layer": g.layer, "expert": g.expert, "total": g.size,
              "kept": len(kept[g.name])}
-            for g in pruning.build_groups(dense.cfg)
+            for g in build_groups(dense.cfg)
         ],
         "config_after": pruned.cfg.to_dict(),
     }

@@ -1,0 +1,158 @@
+"""Importance: a criterion gives each parameter element a saliency; a group's score per channel sums the saliency of
+every element that channel owns. Criteria are interchangeable; the pruner never knows which one it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..model import IteraLite
+from .groups import Group, build_groups
+
+
+@dataclass
+class CalibrationStats:
+    """What data-aware criteria need, gathered on calibration batches of the dense model."""
+
+    taylor: dict[str, torch.Tensor] = field(default_factory=dict)  # sum over batches of |w * dL/dw|
+    input_norms: dict[str, torch.Tensor] = field(default_factory=dict)  # Linear weight name -> ||X_j|| per input j
+    routing: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> routing-weighted output norm per expert
+
+
+class Criterion:
+    name = "base"
+    needs_calibration = False
+
+    def saliency(self, name: str, weight: torch.Tensor, stats: CalibrationStats) -> torch.Tensor:
+        raise NotImplementedError
+
+    def finish(self, summed: torch.Tensor) -> torch.Tensor:
+        return summed
+
+    def score(self, group: Group, state: dict, stats: CalibrationStats, seed: int) -> torch.Tensor:
+        scores = torch.zeros(group.size, dtype=torch.float64)
+        for s in group.slices:
+            sal = self.saliency(s.param, state[s.param].float(), stats).double()
+            sal = sal.movedim(s.axis, 0).narrow(0, s.offset, group.size)
+            scores += sal.reshape(group.size, -1).sum(1)
+        for c, names in enumerate(group.channel_params):
+            scores[c] += sum(self.saliency(n, state[n].float(), stats).double().sum() for n in names)
+        return self.finish(scores).float()
+
+
+class L1(Criterion):
+    name = "l1"
+
+    def saliency(self, name, weight, stats):
+        return weight.abs()
+
+
+class L2(Criterion):
+    name = "l2"
+
+    def saliency(self, name, weight, stats):
+        return weight.pow(2)
+
+    def finish(self, summed):
+        return summed.sqrt()
+
+
+class Taylor(Criterion):
+    """First-order Taylor: the loss change if a weight were removed, |w * dL/dw|, summed over calibration batches."""
+
+    name = "taylor"
+    needs_calibration = True
+
+    def saliency(self, name, weight, stats):
+        return stats.taylor[name]
+
+
+class ActivationAware(Criterion):
+    """Wanda-style |W_ij| * ||X_j|| for Linear weights (X the layer's input); |w| for other tensors."""
+
+    name = "wanda"
+    needs_calibration = True
+
+    def saliency(self, name, weight, stats):
+        norms = stats.input_norms.get(name)
+        return weight.abs() if norms is None else weight.abs() * norms
+
+
+class Random(Criterion):
+    """The control: seeded random scores, the same for the same group and seed."""
+
+    name = "random"
+
+    def score(self, group, state, stats, seed):
+        generator = torch.Generator().manual_seed(seed + sum(map(ord, group.name)) * 7919)
+        return torch.rand(group.size, generator=generator)
+
+
+class Routing(Criterion):
+    """Whole experts only: the routing-weighted norm of each expert's output over calibration tokens."""
+
+    name = "routing"
+    needs_calibration = True
+
+    def score(self, group, state, stats, seed):
+        if group.kind != "experts":
+            raise ValueError("the routing criterion scores whole experts only")
+        return stats.routing[group.layer].float()
+
+
+CRITERIA = {c.name: c for c in (L1(), L2(), Taylor(), ActivationAware(), Random(), Routing())}
+
+
+def criterion_for(group: Group, criterion: str, expert_criterion: str) -> Criterion:
+    """The criterion a group is scored with: whole experts use `expert_criterion` unless the study runs random."""
+    if group.kind == "experts" and criterion != "random" and expert_criterion != "same":
+        return CRITERIA[expert_criterion]
+    return CRITERIA[criterion]
+
+
+def calibrate(model: IteraLite, batches: list[torch.Tensor], aux_loss_weight: float = 0.01) -> CalibrationStats:
+    """Run calibration batches through the dense model: Taylor saliency, Linear input norms, routing norms."""
+    stats = CalibrationStats()
+    model.eval()
+    names = {module: name for name, module in model.named_modules()}
+    squares: dict[str, torch.Tensor] = {}
+
+    def record_input(module, inputs):
+        x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+        key = names[module] + ".weight"
+        squares[key] = squares.get(key, 0) + x.pow(2).sum(0)
+
+    hooks = [m.register_forward_pre_hook(record_input) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for layer in model.layers:
+        layer["moe"].routing_stats = {}
+    params = dict(model.named_parameters())
+    stats.taylor = {n: torch.zeros_like(p) for n, p in params.items()}
+    try:
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            logits, balance = model(batch[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+            (loss + aux_loss_weight * balance).backward()
+            for n, p in params.items():
+                if p.grad is not None:
+                    stats.taylor[n] += (p.detach() * p.grad).abs()
+    finally:
+        for h in hooks:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+    stats.input_norms = {k: v.sqrt() for k, v in squares.items()}
+    for i, layer in enumerate(model.layers):
+        recorded = layer["moe"].routing_stats
+        stats.routing[i] = torch.tensor([recorded.get(e, 0.0) for e in range(len(layer["moe"].experts))])
+        layer["moe"].routing_stats = None
+    return stats
+
+
+def score_groups(model: IteraLite, criterion: str, stats: CalibrationStats, seed: int,
+                 expert_criterion: str = "routing") -> dict[str, torch.Tensor]:
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    return {
+        g.name: criterion_for(g, criterion, expert_criterion).score(g, state, stats, seed)
+        for g in build_groups(model.cfg)
+    }

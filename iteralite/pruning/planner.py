@@ -1,0 +1,118 @@
+"""Planning: a global parameter target -> cut ratios per group kind -> kept channel counts per group."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+from ..model import IteraLiteConfig, parameter_count
+from .groups import KINDS, build_groups
+
+PRESETS = {
+    # The original plan's allocation: SSM 25%, MoE experts 60%, embeddings kept. It removes far less than the
+    # 40% the plan promised (the planner reports the real figure).
+    "plan": {"width": 0.0, "ssm_channels": 0.25, "expert_hidden": 0.60, "experts": 0.0},
+}
+
+
+
+class PlanError(ValueError):
+    """An impossible pruning request; the message names the config key and the blocking bound."""
+
+
+def kept_count(size: int, ratio: float, multiple: int, minimum: int = 1) -> int:
+    """Channels kept when `ratio` of `size` goes, rounded half up to a multiple (never below it, nor above size)."""
+    keep = size * (1 - ratio)
+    if multiple > 1 and size >= multiple:
+        keep = max(multiple, math.floor(keep / multiple + 0.5) * multiple)
+    return int(min(size, max(minimum, math.floor(keep + 0.5))))
+
+
+def plan_counts(cfg: IteraLiteConfig, ratios: dict[str, float], round_to: dict[str, int]) -> dict[str, int]:
+    """Kept channels per group name."""
+    return {
+        g.name: kept_count(g.size, ratios.get(g.kind, 0.0), round_to.get(g.kind, 1))
+        for g in build_groups(cfg)
+    }
+
+
+def pruned_config(cfg: IteraLiteConfig, kept: dict[str, int]) -> IteraLiteConfig:
+    new = copy.deepcopy(cfg)
+    new.d_model = kept["width"]
+    new.layer_d_inner = [kept[f"layer{i}.ssm_channels"] for i in range(cfg.n_layers)]
+    hidden = []
+    for i in range(cfg.n_layers):
+        sizes = [kept[f"layer{i}.expert{e}.hidden"] for e in range(cfg.experts_in(i))]
+        # Which experts go depends on scores; for counting, the smallest-index ones stay (all are equal in size
+        # before pruning, so the count is exact).
+        hidden.append(sizes[: kept[f"layer{i}.experts"]])
+    new.layer_expert_hidden = hidden
+    return new
+
+
+def removed_fraction(cfg: IteraLiteConfig, ratios: dict[str, float], round_to: dict[str, int]) -> float:
+    dense = parameter_count(cfg)
+    return 1 - parameter_count(pruned_config(cfg, plan_counts(cfg, ratios, round_to))) / dense
+
+
+def plan_target(cfg: IteraLiteConfig, target, bounds: dict[str, float], round_to: dict[str, int]) -> dict:
+    """Ratios per kind for a target: a preset name, or a fraction of all parameters to remove.
+
+    For a fraction, one pressure r is raised until the target is met, each kind's ratio being min(r, its bound).
+    An unreachable target raises PlanError with the largest achievable figure and the bound that blocks it.
+    """
+    if isinstance(target, str):
+        if target not in PRESETS:
+            raise PlanError(f"pruning.targets: unknown preset {target!r} (presets: {sorted(PRESETS)})")
+        ratios = dict(PRESETS[target])
+    else:
+        if not 0 < target < 1:
+            raise PlanError(f"pruning.targets: a parameter target must lie in (0, 1), got {target}")
+
+        def ratios_at(r):
+            return {k: min(r, bounds.get(k, 0.0)) for k in KINDS}
+
+        best = removed_fraction(cfg, ratios_at(1.0), round_to)
+        if best < target:
+            blocking = max(KINDS, key=lambda k: _kind_share(cfg, k) * (1 - bounds.get(k, 0.0)))
+            raise PlanError(
+                f"pruning.targets: removing {target:.0%} of the parameters is infeasible with pruning.bounds "
+                f"{dict(bounds)}: at most {best:.1%} can be removed. The blocking bound is pruning.bounds.{blocking}"
+                f"={bounds.get(blocking, 0.0)} ({blocking} groups hold {_kind_share(cfg, blocking):.0%} of the "
+                "parameters); raise it or lower the target."
+            )
+        lo, hi = 0.0, 1.0
+        for _ in range(30):  # bisection on r; removed fraction is monotone in r
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if removed_fraction(cfg, ratios_at(mid), round_to) >= target else (mid, hi)
+        ratios = _tightest(cfg, target, ratios_at(hi), round_to)
+    removed = removed_fraction(cfg, ratios, round_to)
+    return {"target": target, "ratios": ratios, "removed_fraction": removed, "round_to": dict(round_to)}
+
+
+def _kind_share(cfg: IteraLiteConfig, kind: str) -> float:
+    """Fraction of all parameters that pruning this kind alone completely (to one channel) would remove."""
+    return removed_fraction(cfg, {kind: 1.0}, {})
+
+
+def _levels(size: int, cap: float, multiple: int) -> list[float]:
+    """The distinct cut ratios that rounding lets a group of `size` take, up to the one ratio `cap` gives."""
+    deepest = kept_count(size, cap, multiple)
+    counts = {kept_count(size, r / 200, multiple) for r in range(200)} | {deepest}
+    return sorted(1 - c / size for c in counts if c >= deepest)
+
+
+def _tightest(cfg: IteraLiteConfig, target: float, uniform: dict, round_to: dict) -> dict:
+    """Rounding makes one uniform pressure overshoot; among allocations that cut no kind deeper than it does,
+    take the one that removes the least while meeting the target."""
+    sizes = {"width": cfg.d_model, "ssm_channels": cfg.d_inner, "expert_hidden": cfg.expert_hidden,
+             "experts": cfg.n_experts}
+    options = [_levels(sizes[k], uniform[k], round_to.get(k, 1)) for k in KINDS]
+    best, best_removed = uniform, removed_fraction(cfg, uniform, round_to)
+    for combo in itertools.product(*options):
+        ratios = dict(zip(KINDS, combo))
+        removed = removed_fraction(cfg, ratios, round_to)
+        if target <= removed < best_removed:
+            best, best_removed = ratios, removed
+    return best
