@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
+from . import naming  # noqa: E402
 from .artifacts import read_json, write_text  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def importance_plot(paths: list[str]) -> str:
     frames = []
     for path in paths:
         frame = pd.read_csv(path)
-        frame["criterion"] = os.path.basename(path).removesuffix(".csv")
+        frame["criterion"] = naming.split_seed(os.path.basename(path).removesuffix(".csv"))[0]
         frame["score"] = frame.groupby("group")["score"].transform(lambda s: s / (s.abs().max() or 1))
         frames.append(frame)
     frame = pd.concat(frames)
@@ -141,25 +142,38 @@ def runtime_table(benchmark_files: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plan_vs_measured(summary: pd.DataFrame, expectations: list[dict]) -> pd.DataFrame:
-    """The plan's expectations (report/plan_expectations.yaml) beside this study's best variant at each stage."""
-    base = summary[summary["model"] == "baseline/dense"].iloc[0]
-    rows = []
+def family_stats(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per family (a model recipe, all its seeds): the mean of each figure over the seeds, the spread of
+    test perplexity (standard deviation, min, max) and the number of seeds, computed from the per-seed rows."""
+    frame = summary.copy()
+    grouped = frame.groupby("family", sort=False)
+    stats = grouped[["params", "file_bytes", "test_ppl", "tokens_per_s"]].mean()
+    stats["ppl_sd"] = grouped["test_ppl"].std(ddof=1).fillna(0.0)
+    stats["ppl_min"], stats["ppl_max"] = grouped["test_ppl"].min(), grouped["test_ppl"].max()
+    stats["seeds"] = grouped["test_ppl"].size()
+    for column in ("stage", "criterion", "target", "method"):
+        stats[column] = grouped[column].first().fillna("")
+    return stats.reset_index()
 
-    def best(stage_prefix):
-        frame = summary[summary["model"].str.startswith(stage_prefix) & ~summary["model"].str.endswith("/dense")]
-        return frame.sort_values("test_ppl").iloc[0] if len(frame) else None
 
+def _best(families: pd.DataFrame, stage: str) -> pd.Series | None:
+    """The family of a stage with the lowest mean test perplexity, the dense control left out."""
+    frame = families[families["family"].str.startswith(f"{stage}/") & (families["criterion"] != "dense")]
+    return frame.sort_values("test_ppl").iloc[0] if len(frame) else None
+
+
+def plan_vs_measured(families: pd.DataFrame, expectations: list[dict]) -> pd.DataFrame:
+    """The plan's expectations (report/plan_expectations.yaml) beside this study's best family at each stage (means
+    over its seeds)."""
+    base = families[families["family"] == "baseline/dense"].iloc[0]
     measured = {}
-    tuned, quantized = best("finetuned/"), best("int4-finetuned/")
-    if tuned is not None:
-        measured["size_pruned"] = (base["file_bytes"] / tuned["file_bytes"], tuned["model"])
-        measured["speed_pruned"] = (tuned["tokens_per_s"] / base["tokens_per_s"], tuned["model"])
-        measured["ppl_pruned"] = (tuned["test_ppl"] / base["test_ppl"] - 1, tuned["model"])
-    if quantized is not None:
-        measured["size_int4"] = (base["file_bytes"] / quantized["file_bytes"], quantized["model"])
-        measured["speed_int4"] = (quantized["tokens_per_s"] / base["tokens_per_s"], quantized["model"])
-        measured["ppl_int4"] = (quantized["test_ppl"] / base["test_ppl"] - 1, quantized["model"])
+    for key, stage in (("pruned", "finetuned"), ("int4", "int4-finetuned")):
+        best = _best(families, stage)
+        if best is not None:
+            measured[f"size_{key}"] = (base["file_bytes"] / best["file_bytes"], best["family"])
+            measured[f"speed_{key}"] = (best["tokens_per_s"] / base["tokens_per_s"], best["family"])
+            measured[f"ppl_{key}"] = (best["test_ppl"] / base["test_ppl"] - 1, best["family"])
+    rows = []
     for expectation in expectations:
         label, expected, key = expectation["figure"], expectation["expected"], expectation["key"]
         value, model = measured.get(key, (float("nan"), ""))
@@ -167,23 +181,101 @@ def plan_vs_measured(summary: pd.DataFrame, expectations: list[dict]) -> pd.Data
         held = value <= expected if is_ppl else value >= expected
         fmt = (lambda v: f"{v:+.1%}") if is_ppl else (lambda v: f"{v:.2f}x")
         rows.append({"figure": label, "plan": fmt(expected), "measured": fmt(value) if value == value else "",
-                     "model": model, "held": "yes" if value == value and held else "no"})
+                     "model (mean over seeds)": model, "held": "yes" if value == value and held else "no"})
     return pd.DataFrame(rows)
 
 
-def finetune_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Each variant's perplexity before and after fine-tuning, against the baseline and the equal-budget control."""
-    ppl = summary.set_index("model")["test_ppl"]
-    base, control = ppl.get("baseline/dense"), ppl.get("finetuned/dense")
+def _ppl_text(row: pd.Series) -> str:
+    spread = f" ± {row['ppl_sd']:.2f}" if row["seeds"] > 1 else ""
+    return f"{row['test_ppl']:.2f}{spread} ({row['seeds']} seed{'s' if row['seeds'] > 1 else ''})"
+
+
+def _separated(a: pd.Series, b: pd.Series) -> bool:
+    """Whether two families differ by more than their spread: every seed of one beats every seed of the other."""
+    return a["ppl_max"] < b["ppl_min"] or b["ppl_max"] < a["ppl_min"]
+
+
+def _verdict(a: pd.Series, b: pd.Series) -> str:
+    if a["seeds"] < 2 or b["seeds"] < 2:
+        return "one seed each, so the spread is unknown"
+    if _separated(a, b):
+        return "every seed of one beats every seed of the other: the difference exceeds the spread"
+    return "their seeds overlap: the difference is within the spread"
+
+
+def findings(families: pd.DataFrame) -> list[str]:
+    """Sentences written from the numbers: the best recovery, against random, the control, other methods, INT4."""
+    base = families[families["family"] == "baseline/dense"].iloc[0]
+    best = _best(families, "finetuned")
+    if best is None:
+        return []
+    tuned = families[families["stage"] == "finetuned"]
+
+    def vs_base(row):
+        return f"{row['test_ppl'] / base['test_ppl'] - 1:+.1%}"
+
+    label = f"{best['criterion']} ({best['method']}, {best['target']})"
+    out = [f"Best recovery: {label} reaches test perplexity {_ppl_text(best)}, {vs_base(best)} against the "
+           f"baseline's {base['test_ppl']:.2f}, with {best['params'] / base['params']:.0%} of its parameters."]
+    same_recipe = tuned[(tuned["target"] == best["target"]) & (tuned["method"] == best["method"])]
+    for _, other in same_recipe[same_recipe["family"] != best["family"]].sort_values("test_ppl").iterrows():
+        if other["criterion"] != "dense":
+            out.append(f"{other['criterion']} with the same recipe: {_ppl_text(other)}, {vs_base(other)}; "
+                       f"{_verdict(best, other)}.")
+    control = tuned[tuned["criterion"] == "dense"]
+    if len(control):
+        c = control.iloc[0]
+        effect = ("extra training alone gains that much" if c["test_ppl"] < base["test_ppl"]
+                  else "extra training alone does not improve the baseline")
+        out.append(f"The dense control (the baseline fine-tuned with the same recipe and budget) reaches "
+                   f"{_ppl_text(c)}, {vs_base(c)}: {effect}; {label} is {best['test_ppl'] / c['test_ppl'] - 1:+.1%} "
+                   "against it.")
+    methods = tuned[(tuned["criterion"] == best["criterion"]) & (tuned["target"] == best["target"])
+                    & (tuned["family"] != best["family"])]
+    for _, other in methods.iterrows():
+        out.append(f"{best['criterion']} recovered by {other['method']} instead, same budget: {_ppl_text(other)}, "
+                   f"{vs_base(other)}; {_verdict(best, other)}.")
+    quantized = families[families["family"] == f"int4-{best['family']}"]
+    if len(quantized):
+        q = quantized.iloc[0]
+        out.append(f"Its INT4 copy is {base['file_bytes'] / q['file_bytes']:.1f}x smaller than the fp32 baseline "
+                   f"file at test perplexity {_ppl_text(q)}, {vs_base(q)}.")
+    return out
+
+
+def recovery_plot(summary: pd.DataFrame) -> str:
+    """Test perplexity per recipe after pruning and after fine-tuning: mean over seeds with min-max error bars."""
+    frame = summary[summary["stage"].isin(["pruned", "finetuned"])].copy()
+    frame["recipe"] = frame["family"].str.split("/").str[1]
+    frame["recipe"] = frame.apply(lambda r: r["recipe"] if r["stage"] == "pruned" else
+                                  r["recipe"].removesuffix(f"-{r['method']}") + f" ({r['method']})", axis=1)
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * frame["recipe"].nunique()))
+    sns.pointplot(frame, y="recipe", x="test_ppl", hue="stage", errorbar=lambda v: (v.min(), v.max()),
+                  linestyles="none", capsize=0.3, ax=ax, order=sorted(frame["recipe"].unique()))
+    base = summary[summary["model"] == "baseline/dense"]["test_ppl"].iloc[0]
+    ax.axvline(base, color="k", ls="--", lw=1, label=f"baseline {base:.1f}")
+    ax.set(xscale="log", xlabel="test perplexity (log scale)", ylabel="")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return figure_html(fig, "Test perplexity of every recipe after pruning and after fine-tuning: the point is the "
+                            "mean over seeds, the bar spans the lowest to the highest seed.")
+
+
+def finetune_table(families: pd.DataFrame) -> pd.DataFrame:
+    """Each fine-tuned recipe: its mean test perplexity before and after fine-tuning, spread, against the baseline
+    and the equal-budget control."""
+    ppl = families.set_index("family")["test_ppl"]
+    base = ppl["baseline/dense"]
+    control = families[families["family"] == "finetuned/dense"]
+    control_ppl = control["test_ppl"].iloc[0] if len(control) else None
     rows = []
-    for model in ppl.index:
-        stage, _, variant = model.partition("/")
-        if stage != "finetuned" or variant == "dense":
-            continue
-        after = ppl[model]
-        rows.append({"variant": variant, "pruned": ppl.get(f"pruned/{variant}"), "fine-tuned": after,
-                     "baseline": base, "vs baseline": f"{after / base - 1:+.1%}",
-                     "control": control, "vs control": f"{after / control - 1:+.1%}" if control else ""})
+    for _, row in families[families["stage"] == "finetuned"].iterrows():
+        variant = row["family"].partition("/")[2]
+        pruned = ppl.get(f"pruned/{variant.removesuffix('-' + row['method'])}")
+        rows.append({"recipe": variant, "seeds": row["seeds"], "pruned ppl": pruned, "fine-tuned ppl": row["test_ppl"],
+                     "spread (sd)": row["ppl_sd"], "vs baseline": f"{row['test_ppl'] / base - 1:+.1%}",
+                     "vs control": f"{row['test_ppl'] / control_ppl - 1:+.1%}" if control_ppl else ""})
     return pd.DataFrame(rows)
 
 
@@ -205,6 +297,7 @@ li{margin:.3em 0;font-size:13px}"""
 
 def build(inputs: dict, config: dict, out_path: str) -> None:
     summary = pd.read_csv(inputs["summary"])
+    families = family_stats(summary)
     analysis = read_json(inputs["analysis"])
     corpus = read_json(inputs["corpus"])
     speed, latency = pd.read_csv(inputs["speed"]), pd.read_csv(inputs["latency"])
@@ -218,10 +311,12 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
         f"{corpus['splits']['train']['words']:,} training words. "
         f"Machine: {html.escape(str(speed['machine'].iloc[0]))}, "
         f"{int(speed['threads'].iloc[0])} thread(s) for the speed figures.</p>",
-        "<h2>Summary</h2><p>One row per model (results/metrics/summary.csv).</p>", table_html(summary),
-        "<h2>Plan vs measured</h2><p>The original plan's expected results beside the best fine-tuned variant of this "
-        f"study (lowest test perplexity), against the fp32 baseline. Source: {html.escape(plan['source'])}, quoted in "
-        "report/plan_expectations.yaml.</p>", table_html(plan_vs_measured(summary, plan["expectations"])),
+        "<h2>Findings</h2>", "".join(f"<p>{html.escape(line)}</p>" for line in findings(families)),
+        "<h2>Summary</h2><p>One row per model and seed (results/metrics/summary.csv).</p>", table_html(summary),
+        "<h2>Plan vs measured</h2><p>The original plan's expected results beside the best fine-tuned recipe of this "
+        "study (lowest mean test perplexity over its seeds), against the fp32 baseline. Source: "
+        f"{html.escape(plan['source'])}, quoted in report/plan_expectations.yaml.</p>",
+        table_html(plan_vs_measured(families, plan["expectations"])),
         "<h2>Parameter distribution</h2>", parameter_plot(analysis),
         table_html(pd.DataFrame(analysis["by_component"])),
     ]
@@ -236,9 +331,10 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
                           "bytes after": s["file_bytes_after"], "ratios": json.dumps(s["plan"]["ratios"])}
                          for s in prune_stats]))]
     sections += ["<h2>Training</h2>", curves_plot(inputs["baseline_curve"], _as_list(inputs.get("finetune_curves"))),
-                 "<p>Test perplexity of every variant after pruning and after fine-tuning, against the baseline and "
-                 "the control (the dense baseline fine-tuned with the same budget: extra training alone).</p>",
-                 table_html(finetune_table(summary))]
+                 recovery_plot(summary),
+                 "<p>Mean test perplexity of every recipe over its seeds, after pruning and after fine-tuning, "
+                 "against the baseline and the control (the dense baseline fine-tuned with the same budget: extra "
+                 "training alone).</p>", table_html(finetune_table(families))]
     sections += ["<h2>Size and quality</h2>", tradeoff_plot(summary)]
     if inputs.get("quant_stats"):
         quant = [read_json(p) for p in _as_list(inputs["quant_stats"])]

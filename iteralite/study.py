@@ -5,8 +5,10 @@ Everything here runs when Snakemake parses the workflow, before any job starts, 
 
 from __future__ import annotations
 
+import copy
 import os
 
+from . import naming
 from .model import IteraLiteConfig
 from .pruning.criteria import CRITERIA
 from .pruning.planner import PlanError, plan_target
@@ -38,7 +40,7 @@ def config_slice(config: dict, keys, drop=()) -> dict:
         node = sliced
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        node[parts[-1]] = copy.deepcopy(value)  # `drop` must never edit the config itself
     for key in drop:
         *parents, last = key.split(".")
         node = sliced
@@ -57,36 +59,45 @@ def _sorted(value):
 
 
 def importance_keys(config: dict, criterion: str) -> list[str]:
-    """The config keys a criterion's scores depend on (never the targets): the seed (random scores, calibration
-    windows), and the calibration settings when the criterion, or the expert criterion it implies, reads data."""
+    """The config keys a criterion's scores depend on (never the targets; the seed comes with the file name): the
+    calibration settings when the criterion, or the expert criterion it implies, reads data."""
     if criterion == "random":
-        return ["seed"]
+        return []
     keys = ["pruning.expert_criterion"]
     if CRITERIA[criterion].needs_calibration or config["pruning"]["expert_criterion"] == "routing":
-        keys += ["seed", "pruning.calibration_batches", "train.batch_size", "train.aux_loss_weight"]
+        keys += ["pruning.calibration_batches", "train.batch_size", "train.aux_loss_weight"]
     return keys
 
 
-def target_label(target) -> str:
-    """0.4 -> 't40', 'plan' -> 'plan'."""
-    if isinstance(target, str):
-        return target
-    percent = round(target * 100, 2)
-    return f"t{percent:g}".replace(".", "p")
-
-
-def variants(config: dict) -> list[str]:
-    """Pruned variant names, '<criterion>-<target label>'."""
+def pruned_variants(config: dict) -> dict[str, dict]:
+    """Pruned variant name -> its criterion, target and seed: every criterion x target x seed."""
     p = config["pruning"]
-    return [f"{c}-{target_label(t)}" for c in p["criteria"] for t in p["targets"]]
+    return {
+        naming.pruned_variant(c, t, s): {"criterion": c, "target": t, "seed": s}
+        for c in p["criteria"] for t in p["targets"] for s in config["seeds"]
+    }
 
 
-def parse_variant(config: dict, variant: str) -> tuple[str, object]:
-    for c in config["pruning"]["criteria"]:
-        for t in config["pruning"]["targets"]:
-            if variant == f"{c}-{target_label(t)}":
-                return c, t
-    raise ConfigError(f"unknown variant {variant!r}; the study has {variants(config)}")
+def finetuned_variants(config: dict) -> dict[str, dict]:
+    """Fine-tuned variant name -> its recipe: every pruned variant x recovery method, plus per seed the control (the
+    baseline fine-tuned plainly with the same budget) when enabled. 'source' names the model it starts from."""
+    tuned = {}
+    for name, variant in pruned_variants(config).items():
+        for method in config["finetune"]["methods"]:
+            tuned[naming.finetuned_variant(name, method)] = {**variant, "method": method, "source": f"pruned/{name}"}
+    if config["finetune"]["control"]:
+        for seed in config["seeds"]:
+            tuned[naming.control_variant(seed)] = {"criterion": "dense", "target": None, "seed": seed,
+                                                   "method": "plain", "source": "baseline/dense"}
+    return tuned
+
+
+def variant(config: dict, stage: str, name: str) -> dict:
+    """The recipe of a pruned or fine-tuned variant; unknown names fail with the study's names."""
+    grid = pruned_variants(config) if stage == "pruned" else finetuned_variants(config)
+    if name not in grid:
+        raise ConfigError(f"unknown {stage} variant {name!r}; the study has {sorted(grid)}")
+    return grid[name]
 
 
 def plan_for(config: dict, target) -> dict:
@@ -97,40 +108,41 @@ def plan_for(config: dict, target) -> dict:
         raise ConfigError(str(err)) from None
 
 
-def finetuned_variants(config: dict) -> list[str]:
-    """Fine-tuned models: every pruned variant, plus 'dense' (the equal-budget control) when enabled."""
-    control = ["dense"] if config["finetune"]["control"] else []
-    return variants(config) + control
-
-
 def quantized_sources(config: dict) -> list[str]:
-    """'stage/variant' of every model that gets an INT4 copy."""
+    """'stage/variant' of every model that gets an INT4 copy. An item names a model, a family (all its seeds) or all
+    models of a stage."""
     sources = []
     for item in config["quantize"]["models"]:
-        stage, _, variant = item.partition("/")
-        if stage == "baseline":
+        stage, _, name = item.partition("/")
+        if stage == "baseline" and name == "dense":
             sources.append("baseline/dense")
-        elif stage in ("pruned", "finetuned"):
-            names = variants(config) if stage == "pruned" else finetuned_variants(config)
-            chosen = names if variant == "all" else [variant]
-            for v in chosen:
-                if v not in names:
-                    raise ConfigError(f"quantize.models: {item!r} names no model of the study ({stage}: {names})")
-                sources.append(f"{stage}/{v}")
-        else:
+            continue
+        if stage not in ("pruned", "finetuned"):
             raise ConfigError(
                 f"quantize.models: {item!r} must be baseline/dense, pruned/<variant|all> or finetuned/<variant|all>"
             )
+        names = list(pruned_variants(config) if stage == "pruned" else finetuned_variants(config))
+        chosen = [n for n in names if name in ("all", n, naming.split_seed(n)[0])]
+        if not chosen:
+            raise ConfigError(f"quantize.models: {item!r} names no model of the study ({stage}: {names})")
+        sources += [f"{stage}/{n}" for n in chosen if f"{stage}/{n}" not in sources]
     return sources
 
 
 def all_models(config: dict) -> list[str]:
     """Every model of the DAG as 'stage/variant' (int4 copies as 'int4-<stage>/<variant>')."""
     models = ["baseline/dense"]
-    models += [f"pruned/{v}" for v in variants(config)]
+    models += [f"pruned/{v}" for v in pruned_variants(config)]
     models += [f"finetuned/{v}" for v in finetuned_variants(config)]
     models += [f"int4-{s}" for s in quantized_sources(config)]
     return models
+
+
+def benchmarked_models(config: dict) -> list[str]:
+    """The models the speed benchmark times: one seed per family (the seeds of a family share one architecture, so
+    their speed is the same; summary.csv gives every seed its family's speed)."""
+    first = config["seeds"][0]
+    return [m for m in all_models(config) if naming.describe(m)["seed"] in (None, first)]
 
 
 def validate(config: dict) -> None:
@@ -158,6 +170,10 @@ def validate(config: dict) -> None:
             raise ConfigError(f"{key}.batch_size must be >= 1")
     for target in config["pruning"]["targets"]:
         plan_for(config, target)
+    finetune = config["finetune"]
+    if "distill" in finetune["methods"] and finetune["distill_weight"] <= 0:
+        raise ConfigError("finetune.methods lists distill, so finetune.distill_weight must be > 0 (the weight of "
+                          "the distillation loss); it is 0")
     quantized_sources(config)
 
 

@@ -123,16 +123,14 @@ def batch_losses(model: IteraLite, batch: torch.Tensor, cfg: TrainConfig, teache
     distillation: (1 - w) * (CE + aux * balance) + w * KD."""
     hidden, balance = model.hidden_states(batch[:, :-1])
     teacher_hidden = teacher_weight = None
-    if teacher is not None and cfg.distill_weight > 0:
+    kd_weight = cfg.distill_weight if teacher is not None else 0.0
+    if kd_weight > 0:
         with torch.no_grad():
             teacher_hidden = teacher.hidden_states(batch[:, :-1])[0].flatten(0, 1)
         teacher_weight = teacher.tok_emb.weight
-    ce, kd = lm_losses(hidden.flatten(0, 1), model.tok_emb.weight, batch[:, 1:].flatten(), teacher_hidden,
-                       teacher_weight, cfg.distill_temperature)
-    loss = ce + cfg.aux_loss_weight * balance
-    if teacher_hidden is not None:
-        loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd
-    return loss, ce, balance
+    head_loss, ce, _ = lm_losses(hidden.flatten(0, 1), model.tok_emb.weight, batch[:, 1:].flatten(), teacher_hidden,
+                                 teacher_weight, cfg.distill_temperature, kd_weight)
+    return head_loss + (1 - kd_weight) * cfg.aux_loss_weight * balance, ce, balance
 
 
 class _SignalFlag:

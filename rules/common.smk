@@ -11,18 +11,22 @@ try:
 except study.ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 
-VARIANTS = study.variants(config)
-FINETUNED = study.finetuned_variants(config)
+VARIANTS = list(study.pruned_variants(config))
+FINETUNED = list(study.finetuned_variants(config))
 QUANTIZED = study.quantized_sources(config)
 MODELS = study.all_models(config)
+BENCHMARKED = study.benchmarked_models(config)
 CRITERIA = config["pruning"]["criteria"]
+SEEDS = config["seeds"]
+SCORES = [f"{criterion}-s{seed}" for criterion in CRITERIA for seed in SEEDS]
 
 
 wildcard_constraints:
     stage="baseline|pruned|finetuned|int4-baseline|int4-pruned|int4-finetuned",
     fstage="baseline|pruned|finetuned",
-    variant="[A-Za-z0-9.]+(-[A-Za-z0-9.]+)?",
+    variant="[A-Za-z0-9.]+(-[A-Za-z0-9.]+)*",
     criterion="|".join(CRITERIA),
+    seed=r"\d+",
 
 
 def config_slice(*keys, drop=()):
@@ -55,11 +59,21 @@ def metrics_path(model):
 def finetune_inputs(wildcards):
     """The model to fine-tune (the control: the dense baseline; else the pruned variant), the tokens, and the
     teacher only when distillation reads it."""
-    source = "baseline/dense" if wildcards.variant == "dense" else f"pruned/{wildcards.variant}"
-    inputs = {"checkpoint": checkpoint_path(source), "tokens": "results/tokens/tokens.pt"}
-    if config["finetune"]["distill_weight"] > 0:
+    recipe = study.variant(config, "finetuned", wildcards.variant)
+    inputs = {"checkpoint": checkpoint_path(recipe["source"]), "tokens": "results/tokens/tokens.pt"}
+    if recipe["method"] == "distill":
         inputs["teacher"] = checkpoint_path("baseline/dense")
     return inputs
+
+
+def finetune_settings(wildcards):
+    """The finetune section, less the grid keys (methods, control) and the distillation keys a plain fine-tune
+    never reads; the variant's method and seed come with its name."""
+    recipe = study.variant(config, "finetuned", wildcards.variant)
+    drop = ["finetune.control", "finetune.methods"]
+    if recipe["method"] == "plain":
+        drop += ["finetune.distill_weight", "finetune.distill_temperature"]
+    return {**config_slice("finetune", "device", drop=drop), "method": recipe["method"], "seed": recipe["seed"]}
 
 
 def job_benchmarks():
@@ -67,7 +81,7 @@ def job_benchmarks():
     files = [f"benchmarks/{rule}.tsv" for rule in
              ("prepare_corpus", "train_tokenizer", "tokenize", "train_baseline", "analyze", "benchmark", "summary")]
     files += [f"benchmarks/evaluate/{m}.tsv" for m in MODELS]
-    files += [f"benchmarks/score_importance/{c}.tsv" for c in CRITERIA]
+    files += [f"benchmarks/score_importance/{s}.tsv" for s in SCORES]
     files += [f"benchmarks/prune/{v}.tsv" for v in VARIANTS]
     files += [f"benchmarks/finetune/{v}.tsv" for v in FINETUNED]
     files += [f"benchmarks/quantize/{s}.tsv" for s in QUANTIZED]
@@ -75,9 +89,8 @@ def job_benchmarks():
 
 
 def variant_of(wildcards):
-    """A pruned variant's own criterion and target."""
-    criterion, target = study.parse_variant(config, wildcards.variant)
-    return {"criterion": criterion, "target": target}
+    """A pruned variant's own criterion, target and seed."""
+    return study.variant(config, "pruned", wildcards.variant)
 
 
 USER_CHECKPOINT = config["model"]["checkpoint"]

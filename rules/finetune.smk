@@ -1,5 +1,6 @@
-# Fine-tuning of every pruned variant, and of the dense baseline with the same budget (the control, variant
-# "dense"). On Slurm these go to the GPU partition; a preempted job saves its state and its retry resumes.
+# Fine-tuning of every pruned variant by each recovery method and seed, and of the dense baseline with the same
+# budget (the control, "dense-s<seed>"). On Slurm these go to the GPU partition; a preempted job saves its state and
+# its retry resumes.
 
 
 rule finetune:
@@ -11,9 +12,11 @@ rule finetune:
             "results/models/finetuned/{variant}/curve.csv", category="Training", caption="../report/curve.rst"
         ),
     params:
-        settings=config_slice("finetune", "seed", "device", drop=["finetune.control"]),
+        settings=finetune_settings,
         code=code_of("finetune"),
-    threads: 2
+    # One thread: a small model's matmuls scale poorly across threads, so on a small CPU machine two single-thread
+    # fine-tunes side by side finish sooner than two in turn with two threads; the Slurm profile sets its own.
+    threads: 1
     resources:
         runtime=480,
         # measured peak RSS 0.95-1.16 GB (benchmarks/finetune/*.tsv, max_rss, default study), with a margin

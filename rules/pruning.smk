@@ -1,4 +1,4 @@
-# Importance scores per criterion (independent of the sparsity target), then one pruned model per variant.
+# Importance scores per criterion and seed (independent of the sparsity target), then one pruned model per variant.
 
 
 rule score_importance:
@@ -6,8 +6,8 @@ rule score_importance:
         checkpoint="results/models/baseline/dense/model.pt",
         tokens="results/tokens/tokens.pt",
     output:
-        scores="results/importance/{criterion}.pt",
-        csv="results/importance/{criterion}.csv",
+        scores="results/importance/{criterion}-s{seed}.pt",
+        csv="results/importance/{criterion}-s{seed}.csv",
     params:
         settings=lambda w: config_slice(*study.importance_keys(config, w.criterion)),
         code=code_of("score_importance"),
@@ -15,9 +15,9 @@ rule score_importance:
     conda:
         "../envs/iteralite.yaml"
     log:
-        "logs/score_importance/{criterion}.log",
+        "logs/score_importance/{criterion}-s{seed}.log",
     benchmark:
-        "benchmarks/score_importance/{criterion}.tsv"
+        "benchmarks/score_importance/{criterion}-s{seed}.tsv"
     script:
         "../scripts/score_importance.py"
 
@@ -25,7 +25,7 @@ rule score_importance:
 rule prune:
     input:
         checkpoint="results/models/baseline/dense/model.pt",
-        scores=lambda w: f"results/importance/{variant_of(w)['criterion']}.pt",
+        scores=lambda w: "results/importance/{criterion}-s{seed}.pt".format(**variant_of(w)),
     output:
         checkpoint="results/models/pruned/{variant}/model.pt",
         stats="results/models/pruned/{variant}/prune_stats.json",

@@ -8,7 +8,7 @@ localrules:
 
 rule benchmark:
     input:
-        models=[checkpoint_path(m) for m in MODELS],
+        models=[checkpoint_path(m) for m in BENCHMARKED],
         tokens="results/tokens/tokens.pt",
         tokenizer="results/tokenizer/tokenizer.json",
     output:
@@ -16,7 +16,7 @@ rule benchmark:
         latency="results/bench/latency.csv",
         samples="results/bench/samples.json",
     params:
-        models=MODELS,
+        models=BENCHMARKED,
         settings=config_slice("benchmark"),
         code=code_of("benchmark"),
     threads: 2
@@ -55,7 +55,7 @@ rule report:
         corpus="results/corpus/stats.json",
         baseline_curve="results/models/baseline/dense/curve.csv",
         finetune_curves=expand("results/models/finetuned/{variant}/curve.csv", variant=FINETUNED),
-        importance=expand("results/importance/{criterion}.csv", criterion=CRITERIA),
+        importance=expand("results/importance/{criterion}-s{seed}.csv", criterion=CRITERIA, seed=SEEDS[0]),
         prune_stats=expand("results/models/pruned/{variant}/prune_stats.json", variant=VARIANTS),
         quant_stats=[f"results/models/int4-{s}/quant_stats.json" for s in QUANTIZED],
         speed="results/bench/speed.csv",

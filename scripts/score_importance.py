@@ -3,12 +3,13 @@ from iteralite.stages import pruning
 
 workflow.start(snakemake)  # noqa: F821
 settings, inp, out = snakemake.params.settings, snakemake.input, snakemake.output  # noqa: F821
-# The slice holds exactly what the criterion reads (study.importance_keys): random scores only the seed; the
+# The slice holds exactly what the criterion reads (study.importance_keys): nothing for random scores; the
 # calibration keys only when the criterion, or the expert criterion, reads data.
 chosen = settings.get("pruning", {})
 calibration = None
 if "calibration_batches" in chosen:
     calibration = {"batches": chosen["calibration_batches"], "batch_size": settings["train"]["batch_size"],
                    "aux_loss_weight": settings["train"]["aux_loss_weight"]}
-pruning.score_importance(inp.checkpoint, inp.tokens, snakemake.wildcards.criterion,  # noqa: F821
-                         chosen.get("expert_criterion"), settings.get("seed"), calibration, out.scores, out.csv)
+wildcards = snakemake.wildcards  # noqa: F821
+pruning.score_importance(inp.checkpoint, inp.tokens, wildcards.criterion, chosen.get("expert_criterion"),
+                         int(wildcards.seed), calibration, out.scores, out.csv)

@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from iteralite import study
+from iteralite import naming, study
 from iteralite.study import ConfigError
 
 with open(study.SCHEMA.replace("schema.yaml", "config.yaml"), encoding="utf-8") as f:
@@ -84,11 +84,60 @@ def test_default_and_ci_configs_are_valid():
     for key, value in ci.items():
         merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
     study.check(merged)
-    assert study.variants(merged) == ["l1-t40", "random-t40"]
+    assert list(study.pruned_variants(merged)) == ["l1-t40-s1", "l1-t40-s2", "random-t40-s1", "random-t40-s2"]
 
 
-def test_grid_and_models():
-    assert study.variants(DEFAULT) == ["l1-t40", "taylor-t40", "random-t40"]
-    models = study.all_models(DEFAULT)
-    assert models[0] == "baseline/dense" and "finetuned/dense" in models and "int4-finetuned/taylor-t40" in models
-    assert study.target_label(0.125) == "t12p5" and study.target_label("plan") == "plan"
+def grid(**changes):
+    config = copy.deepcopy(DEFAULT)
+    config["pruning"].update(criteria=["taylor", "random"], targets=[0.4])
+    config.update(seeds=[1, 2])
+    config["finetune"].update(methods=["distill", "plain"], control=True, distill_weight=1.0)
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        config[section][name] = value
+    return config
+
+
+def test_the_grid_is_criteria_x_targets_x_seeds_then_methods():
+    config = grid()
+    assert list(study.pruned_variants(config)) == ["taylor-t40-s1", "taylor-t40-s2", "random-t40-s1",
+                                                   "random-t40-s2"]
+    tuned = study.finetuned_variants(config)
+    assert list(tuned)[:2] == ["taylor-t40-distill-s1", "taylor-t40-plain-s1"]
+    assert tuned["random-t40-plain-s2"] == {"criterion": "random", "target": 0.4, "seed": 2, "method": "plain",
+                                            "source": "pruned/random-t40-s2"}
+    assert tuned["dense-s2"]["source"] == "baseline/dense" and tuned["dense-s2"]["method"] == "plain"
+    assert len(tuned) == 4 * 2 + 2
+    models = study.all_models(config)
+    assert models[0] == "baseline/dense" and "int4-finetuned/taylor-t40-plain-s2" in models
+    # speed is measured once per family (the first seed): the architecture is the same for every seed
+    assert "finetuned/taylor-t40-distill-s1" in study.benchmarked_models(config)
+    assert not [m for m in study.benchmarked_models(config) if m.endswith("-s2")]
+
+
+def test_quantize_models_names_a_model_a_family_or_all():
+    assert study.quantized_sources(grid(quantize__models=["finetuned/taylor-t40-distill"])) == [
+        "finetuned/taylor-t40-distill-s1", "finetuned/taylor-t40-distill-s2"]
+    assert study.quantized_sources(grid(quantize__models=["finetuned/dense-s2"])) == ["finetuned/dense-s2"]
+    with pytest.raises(ConfigError, match="quantize.models: 'finetuned/l1-t40' names no model of the study"):
+        study.quantized_sources(grid(quantize__models=["finetuned/l1-t40"]))
+
+
+def test_distillation_needs_a_weight():
+    with pytest.raises(ConfigError, match="finetune.methods lists distill, so finetune.distill_weight must be > 0"):
+        study.validate(grid(finetune__distill_weight=0.0))
+
+
+def test_unknown_variant_names_the_study_variants():
+    with pytest.raises(ConfigError, match="unknown finetuned variant 'taylor-t40-s1'"):
+        study.variant(grid(), "finetuned", "taylor-t40-s1")
+
+
+def test_model_names_encode_their_recipe():
+    assert naming.describe("int4-finetuned/taylor-t12p5-distill-s3") == {
+        "stage": "int4", "criterion": "taylor", "target": "t12p5", "method": "distill", "seed": 3,
+        "family": "int4-finetuned/taylor-t12p5-distill"}
+    assert naming.describe("finetuned/dense-s2")["method"] == "plain"
+    assert naming.describe("baseline/dense") == {"stage": "baseline", "criterion": "dense", "target": "",
+                                                 "method": "", "seed": None, "family": "baseline/dense"}
+    assert naming.target_label(0.125) == "t12p5" and naming.target_label("plan") == "plan"

@@ -14,7 +14,8 @@ def closure(script: str) -> set[str]:
 
 
 def test_report_runs_only_the_report_code():
-    assert closure("report") == {"iteralite", "iteralite.report", "iteralite.artifacts", "iteralite.workflow"}
+    assert closure("report") == {"iteralite", "iteralite.report", "iteralite.naming", "iteralite.artifacts",
+                                 "iteralite.workflow"}
 
 
 def test_closures_follow_relative_and_lazy_imports():
@@ -66,6 +67,7 @@ CONFIG = {"seed": 1, "train": {"lr": 0.1, "batch_size": 4}, "pruning": {"bounds"
 def test_config_slice_keeps_only_the_named_keys_in_config_shape():
     assert study.config_slice(CONFIG, ["pruning.bounds", "seed"]) == {"pruning": {"bounds": {"width": 0.5}}, "seed": 1}
     assert study.config_slice(CONFIG, ["finetune"], drop=["finetune.control"]) == {"finetune": {"lr": 0.2}}
+    assert CONFIG["finetune"] == {"lr": 0.2, "control": True}  # dropping a key from a slice leaves the config whole
     # key order never changes a param (Snakemake compares params by value)
     assert list(study.config_slice(CONFIG, ["train"])["train"]) == ["batch_size", "lr"]
     with pytest.raises(ConfigError, match="config has no key train.momentum"):
@@ -73,7 +75,7 @@ def test_config_slice_keeps_only_the_named_keys_in_config_shape():
 
 
 def test_importance_depends_on_calibration_only_where_it_reads_data():
-    assert study.importance_keys(CONFIG, "random") == ["seed"]
+    assert study.importance_keys(CONFIG, "random") == []  # its seed comes with its file name
     assert "pruning.calibration_batches" in study.importance_keys(CONFIG, "l1")  # routing scores experts with data
     same = {**CONFIG, "pruning": {**CONFIG["pruning"], "expert_criterion": "same"}}
     assert study.importance_keys(same, "l1") == ["pruning.expert_criterion"]

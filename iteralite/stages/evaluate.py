@@ -7,7 +7,7 @@ import os
 
 import pandas as pd
 
-from .. import quant
+from .. import naming, quant
 from ..artifacts import read_json, write_csv, write_json
 from ..data import load_tokens
 from ..model import count_parameters
@@ -21,14 +21,10 @@ EVALUATION_INT4_PATH = "unpacked"
 
 
 def model_row(model_id: str, path: str, model) -> dict:
-    """The summary.csv columns every stage knows: id, stage, criterion, target, params, file bytes."""
-    stage, _, variant = model_id.partition("/")
-    criterion, _, target = variant.partition("-") if variant != "dense" else ("dense", "", "")
+    """The summary.csv columns every stage knows: the name and what it encodes (naming.describe), params, bytes."""
     return {
         "model": model_id,
-        "stage": "int4" if stage.startswith("int4") else stage,
-        "criterion": criterion,
-        "target": target,
+        **naming.describe(model_id),
         "params": getattr(model, "n_params", None) or count_parameters(model),
         "file_bytes": os.path.getsize(path),
     }
@@ -44,15 +40,19 @@ def evaluate(model_id: str, model_path: str, tokens_path: str, test_tokens: int,
              row["file_bytes"])
 
 
-SUMMARY_COLUMNS = ["model", "stage", "criterion", "target", "params", "file_bytes", "test_ppl", "tokens_per_s",
-                   "step_latency_ms"]
+SUMMARY_COLUMNS = ["model", "stage", "criterion", "target", "method", "seed", "params", "file_bytes", "test_ppl",
+                   "tokens_per_s", "step_latency_ms"]
 
 
 def summarize(metric_paths: list[str], speed_csv: str, out_csv: str) -> pd.DataFrame:
+    """One row per model and seed. Speed was measured for one seed of each family (its architecture is the same for
+    every seed), so each row takes its family's speed."""
     rows = pd.DataFrame([read_json(p) for p in metric_paths])
     speed = pd.read_csv(speed_csv)[["model", "tokens_per_s", "step_latency_ms", "peak_mem_mb", "weight_mem_mb",
                                     "int4_path"]]
-    rows = rows.merge(speed, on="model", how="left")
+    speed["family"] = speed.pop("model").map(lambda m: naming.describe(m)["family"])
+    rows = rows.merge(speed, on="family", how="left")
+    rows["seed"] = rows["seed"].astype("Int64")
     rows = rows[SUMMARY_COLUMNS + [c for c in rows.columns if c not in SUMMARY_COLUMNS]]
     write_csv(out_csv, rows)
     return rows

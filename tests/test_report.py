@@ -1,0 +1,58 @@
+"""The report's numbers: spread over seeds from the per-seed rows, and the findings written from them."""
+
+import pandas as pd
+import pytest
+
+from iteralite import naming, report
+
+
+def summary(rows: dict[str, float]) -> pd.DataFrame:
+    """summary.csv rows from {model: test perplexity}; the baseline has 1000 parameters, pruned models 600."""
+    frame = []
+    for model, ppl in rows.items():
+        described = naming.describe(model)
+        frame.append({"model": model, **described, "params": 1000 if "dense" in model else 600,
+                      "file_bytes": 4000 if described["stage"] != "int4" else 400, "test_ppl": ppl,
+                      "tokens_per_s": 100.0})
+    return pd.DataFrame(frame)
+
+
+STUDY = summary({
+    "baseline/dense": 80.0,
+    "finetuned/taylor-t40-distill-s1": 82.0, "finetuned/taylor-t40-distill-s2": 83.0,
+    "finetuned/random-t40-distill-s1": 86.0, "finetuned/random-t40-distill-s2": 88.0,
+    "finetuned/taylor-t40-plain-s1": 82.5, "finetuned/taylor-t40-plain-s2": 84.5,
+    "finetuned/dense-s1": 79.0, "finetuned/dense-s2": 81.0,
+    "int4-finetuned/taylor-t40-distill-s1": 84.0, "int4-finetuned/taylor-t40-distill-s2": 84.0,
+})
+
+
+def test_family_spread_comes_from_the_per_seed_rows():
+    families = report.family_stats(STUDY).set_index("family")
+    taylor = families.loc["finetuned/taylor-t40-distill"]
+    assert taylor["seeds"] == 2 and taylor["test_ppl"] == 82.5
+    assert taylor["ppl_sd"] == pytest.approx(0.7071, abs=1e-4)  # sample standard deviation of 82 and 83
+    assert (taylor["ppl_min"], taylor["ppl_max"]) == (82.0, 83.0)
+    assert families.loc["baseline/dense", "seeds"] == 1 and families.loc["baseline/dense", "ppl_sd"] == 0
+
+
+def test_findings_say_which_differences_exceed_the_spread():
+    text = report.findings(report.family_stats(STUDY))
+    assert text[0].startswith("Best recovery: taylor (distill, t40) reaches test perplexity 82.50 ± 0.71 (2 seeds), "
+                              "+3.1% against the baseline's 80.00, with 60% of its parameters.")
+    random = next(line for line in text if line.startswith("random"))
+    assert "every seed of one beats every seed of the other: the difference exceeds the spread" in random
+    plain = next(line for line in text if "recovered by plain" in line)
+    assert "84.5" not in plain and "83.50 ± 1.41" in plain and "within the spread" in plain
+    control = next(line for line in text if line.startswith("The dense control"))
+    assert "80.00 ± 1.41 (2 seeds), +0.0%: extra training alone does not improve" in control
+    assert "+3.1% against it" in control
+    assert text[-1] == ("Its INT4 copy is 10.0x smaller than the fp32 baseline file at test perplexity 84.00 ± 0.00 "
+                        "(2 seeds), +5.0%.")
+
+
+def test_plan_figures_use_the_best_recipe_mean():
+    table = report.plan_vs_measured(report.family_stats(STUDY),
+                                    [{"figure": "ppl", "expected": 0.05, "key": "ppl_pruned"}])
+    assert table.iloc[0]["measured"] == "+3.1%" and table.iloc[0]["model (mean over seeds)"] == (
+        "finetuned/taylor-t40-distill")
