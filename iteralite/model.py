@@ -15,7 +15,8 @@ Glossary of dimension letters used in the shape notes:
     v   vocabulary size
 
 Sizes may differ per layer and per expert, because structured pruning removes channels from each one separately;
-a pruned model is an ordinary IteraLite with a smaller config.
+a pruned model is an ordinary IteraLite with a smaller config. Depth pruning removes whole blocks: a layer whose
+d_inner is 0 has no SSM block, one with no experts has no MoE block, and the residual stream passes through.
 
 Norms are RMSNorms whose mean square divides by a fixed reference width (the unpruned width). A channel that is
 removed therefore changes nothing for the channels that stay: the pruned model computes exactly what the dense model
@@ -46,7 +47,8 @@ class IteraLiteConfig:
     n_experts: int = 4  # default experts per layer
     expert_hidden: int = 64  # default hidden size per expert
     top_k: int = 2
-    # Per-layer sizes; derived from the defaults above when empty, edited by pruning.
+    # Per-layer sizes; derived from the defaults above when empty, edited by pruning (0 channels or no experts: the
+    # layer has no such block).
     layer_d_inner: list[int] = field(default_factory=list)
     layer_expert_hidden: list[list[int]] = field(default_factory=list)
     # Widths the RMSNorms divide by (the unpruned widths); derived when 0.
@@ -71,11 +73,17 @@ class IteraLiteConfig:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
         if len(self.layer_d_inner) != self.n_layers or len(self.layer_expert_hidden) != self.n_layers:
             raise ValueError(f"model: per-layer sizes must list {self.n_layers} layers")
-        if any(di < 1 for di in self.layer_d_inner):
-            raise ValueError(f"model.d_inner must be >= 1 in every layer, got {self.layer_d_inner}")
+        if any(di < 0 for di in self.layer_d_inner):
+            raise ValueError(f"model.d_inner must be >= 0 in every layer (0: no SSM block), got {self.layer_d_inner}")
         for hidden in self.layer_expert_hidden:
-            if not hidden or any(h < 1 for h in hidden):
-                raise ValueError(f"model.expert_hidden: every layer needs >= 1 expert of size >= 1, got {hidden}")
+            if any(h < 1 for h in hidden):
+                raise ValueError(f"model.expert_hidden: every expert needs a size >= 1, got {hidden}")
+
+    def has_ssm(self, layer: int) -> bool:
+        return self.layer_d_inner[layer] > 0
+
+    def has_moe(self, layer: int) -> bool:
+        return bool(self.layer_expert_hidden[layer])
 
     def experts_in(self, layer: int) -> int:
         return len(self.layer_expert_hidden[layer])
@@ -206,14 +214,12 @@ class IteraLite(nn.Module):
         self.pos_emb = nn.Embedding(cfg.max_seq, d)
         self.layers = nn.ModuleList()
         for i in range(cfg.n_layers):
-            self.layers.append(
-                nn.ModuleDict(
-                    {
-                        "ssm": SSMBlock(d, cfg.layer_d_inner[i], cfg),
-                        "moe": MoEBlock(d, cfg.layer_expert_hidden[i], cfg.top_k_in(i), cfg),
-                    }
-                )
-            )
+            blocks = {}
+            if cfg.has_ssm(i):
+                blocks["ssm"] = SSMBlock(d, cfg.layer_d_inner[i], cfg)
+            if cfg.has_moe(i):
+                blocks["moe"] = MoEBlock(d, cfg.layer_expert_hidden[i], cfg.top_k_in(i), cfg)
+            self.layers.append(nn.ModuleDict(blocks))
         self.norm_f = RMSNorm(d, cfg.norm_ref_d_model)
         self.apply(self._init_weights)
 
@@ -237,24 +243,27 @@ class IteraLite(nn.Module):
             raise ValueError(f"sequence of {idx.shape[1]} tokens exceeds model.max_seq={self.cfg.max_seq}")
         pos = torch.arange(idx.shape[1], device=idx.device)
         u = self.tok_emb(idx) + self.pos_emb(pos)
-        balance = u.new_zeros(())
+        balance, moe_blocks = u.new_zeros(()), 0
         for layer in self.layers:
-            u = layer["ssm"](u)
-            u, layer_balance = layer["moe"](u)
-            balance = balance + layer_balance
-        return self.norm_f(u), balance / len(self.layers)
+            if "ssm" in layer:
+                u = layer["ssm"](u)
+            if "moe" in layer:
+                u, layer_balance = layer["moe"](u)
+                balance, moe_blocks = balance + layer_balance, moe_blocks + 1
+        return self.norm_f(u), balance / max(1, moe_blocks)
 
     def empty_cache(self, batch: int, device=None):
-        return [layer["ssm"].empty_state(batch, device) for layer in self.layers]
+        return [layer["ssm"].empty_state(batch, device) if "ssm" in layer else None for layer in self.layers]
 
     def step(self, token, position: int, cache):  # token: (b,) -> logits (b, v), new cache
         """Recurrent mode: one token with the conv+scan state of the tokens before it."""
         u = self.tok_emb(token) + self.pos_emb.weight[position]
         new_cache = []
         for layer, state in zip(self.layers, cache):
-            u, state = layer["ssm"].step(u, state)
-            u, _ = layer["moe"](u.unsqueeze(1))
-            u = u.squeeze(1)
+            if "ssm" in layer:
+                u, state = layer["ssm"].step(u, state)
+            if "moe" in layer:
+                u = layer["moe"](u.unsqueeze(1))[0].squeeze(1)
             new_cache.append(state)
         return self.head(self.norm_f(u)), new_cache
 
@@ -283,6 +292,8 @@ def parameter_count(cfg: IteraLiteConfig) -> int:
     d, n, k = cfg.d_model, cfg.d_state, cfg.d_conv
     total = cfg.vocab_size * d + cfg.max_seq * d + d  # tied table, positions, final norm
     for di, hidden in zip(cfg.layer_d_inner, cfg.layer_expert_hidden):
-        total += d + 2 * di * d + di * k + di + di * di + di + n + 2 * n * di + di + di + di * d  # SSM block
-        total += d + len(hidden) * d + sum(2 * d * h + h + d for h in hidden)  # MoE block
+        if di:
+            total += d + 2 * di * d + di * k + di + di * di + di + n + 2 * n * di + di + di + di * d  # SSM block
+        if hidden:
+            total += d + len(hidden) * d + sum(2 * d * h + h + d for h in hidden)  # MoE block
     return total

@@ -10,7 +10,6 @@ import os
 
 from . import naming
 from .model import IteraLiteConfig
-from .pruning.criteria import CRITERIA
 from .pruning.planner import PlanError, plan_target
 
 
@@ -59,14 +58,11 @@ def _sorted(value):
 
 
 def importance_keys(config: dict, criterion: str) -> list[str]:
-    """The config keys a criterion's scores depend on (never the targets; the seed comes with the file name): the
-    calibration settings when the criterion, or the expert criterion it implies, reads data."""
+    """The config keys a criterion's scores depend on (never the targets; the seed comes with the file name). Every
+    criterion but random reads calibration batches: blocks are scored by the loss their skipping causes."""
     if criterion == "random":
         return []
-    keys = ["pruning.expert_criterion"]
-    if CRITERIA[criterion].needs_calibration or config["pruning"]["expert_criterion"] == "routing":
-        keys += ["pruning.calibration_batches", "train.batch_size", "train.aux_loss_weight"]
-    return keys
+    return ["pruning.expert_criterion", "pruning.calibration_batches", "train.batch_size", "train.aux_loss_weight"]
 
 
 def pruned_variants(config: dict) -> dict[str, dict]:

@@ -3,8 +3,8 @@ from iteralite.stages import pruning
 
 workflow.start(snakemake)  # noqa: F821
 settings, inp, out = snakemake.params.settings, snakemake.input, snakemake.output  # noqa: F821
-# The slice holds exactly what the criterion reads (study.importance_keys): nothing for random scores; the
-# calibration keys only when the criterion, or the expert criterion, reads data.
+# The slice holds exactly what the criterion reads (study.importance_keys): nothing for random scores, the
+# calibration keys for every other criterion.
 chosen = settings.get("pruning", {})
 calibration = None
 if "calibration_batches" in chosen:

@@ -20,8 +20,8 @@ def drop_some(model, kinds, seed=0):
     return kept
 
 
-@pytest.mark.parametrize("kinds", [("width",), ("ssm_channels",), ("expert_hidden",), ("experts",),
-                                   ("width", "ssm_channels", "expert_hidden", "experts")])
+@pytest.mark.parametrize("kinds", [("width",), ("ssm_channels",), ("expert_hidden",), ("experts",), ("ssm_blocks",),
+                                   ("moe_blocks",), groups.KINDS])
 def test_pruned_model_equals_masked_dense_model(tiny_model, kinds):
     kept = drop_some(tiny_model, kinds)
     pruned = surgery.prune(tiny_model, kept).eval()
@@ -55,10 +55,13 @@ def test_top_k_is_clamped_to_experts_left(tiny_model):
     pruned(torch.zeros(1, 4, dtype=torch.long))  # runs with one expert
 
 
-def test_parameter_count_equals_plan_arithmetic(tiny_model):
-    ratios = {"width": 0.25, "ssm_channels": 0.5, "expert_hidden": 0.5, "experts": 0.25}
+@pytest.mark.parametrize("blocks", [0.0, 0.5])
+def test_parameter_count_equals_plan_arithmetic(tiny_model, blocks):
+    ratios = {"width": 0.25, "ssm_channels": 0.5, "expert_hidden": 0.5, "experts": 0.25, "ssm_blocks": blocks,
+              "moe_blocks": blocks}
     counts = planner.plan_counts(tiny_model.cfg, ratios, {"width": 8, "ssm_channels": 8})
     assert counts["width"] == 24 and counts["layer0.ssm_channels"] == 24 and counts["layer0.experts"] == 3
+    assert counts["ssm_blocks"] == counts["moe_blocks"] == (1 if blocks else 2)
     scores = {name: torch.rand(n) for name, n in
               ((g.name, g.size) for g in groups.build_groups(tiny_model.cfg))}
     pruned = surgery.prune(tiny_model, surgery.choose_kept(scores, counts))
@@ -119,8 +122,9 @@ def test_pruned_checkpoint_loads_in_fresh_process(tiny_model, tmp_path):
 
     from iteralite.checkpoint import save_checkpoint
 
-    kept = drop_some(tiny_model, ("width", "ssm_channels"))
+    kept = drop_some(tiny_model, ("width", "ssm_channels", "ssm_blocks", "moe_blocks"))
     pruned = surgery.prune(tiny_model, kept)
+    assert 0 in pruned.cfg.layer_d_inner and [] in pruned.cfg.layer_expert_hidden  # a block of each kind is gone
     path = tmp_path / "pruned.pt"
     save_checkpoint(path, pruned, "sha")
     code = (
@@ -140,3 +144,34 @@ def test_pruned_model_trains(tiny_model):
     (logits.mean() + balance).backward()
     assert all(p.grad is not None for p in pruned.parameters() if p.requires_grad)
     assert isinstance(pruned, IteraLite)
+
+
+def test_skip_loss_scores_a_block_by_the_loss_its_removal_causes(tiny_model):
+    from iteralite.losses import head_cross_entropy_sum
+
+    batches = [torch.randint(0, 300, (2, 17), generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    stats = criteria.calibrate(copy.deepcopy(tiny_model), batches)
+    scores = criteria.score_groups(tiny_model, "l1", stats, seed=0)
+
+    def loss(model):
+        tokens = sum(b[:, 1:].numel() for b in batches)
+        return sum(head_cross_entropy_sum(model.head, model.hidden_states(b[:, :-1])[0].flatten(0, 1),
+                                          b[:, 1:].flatten()) for b in batches) / tokens
+
+    without_moe1 = {g.name: torch.arange(g.size) for g in groups.build_groups(tiny_model.cfg)}
+    without_moe1["moe_blocks"] = torch.tensor([0])
+    with torch.no_grad():
+        expected = loss(surgery.prune(tiny_model, without_moe1)) - loss(tiny_model)
+    assert scores["moe_blocks"][1].item() == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert scores["ssm_blocks"].shape == (2,) and not torch.equal(scores["ssm_blocks"], scores["moe_blocks"])
+
+
+def test_planner_removes_blocks_within_their_bound():
+    cfg = IteraLiteConfig()
+    bounds = {"width": 0.5, "ssm_channels": 0.75, "expert_hidden": 0.75, "experts": 0.5, "ssm_blocks": 0.25,
+              "moe_blocks": 0.25}
+    plan = planner.plan_target(cfg, 0.4, bounds, {"width": 32, "ssm_channels": 32, "expert_hidden": 16})
+    assert plan["ratios"]["ssm_blocks"] <= 0.25 and plan["ratios"]["moe_blocks"] <= 0.25
+    assert plan["ratios"]["ssm_blocks"] + plan["ratios"]["moe_blocks"] > 0  # depth takes part in the allocation
+    counts = planner.plan_counts(cfg, plan["ratios"], plan["round_to"])
+    assert 0.4 <= 1 - planner.parameter_count(planner.pruned_config(cfg, counts)) / planner.parameter_count(cfg)

@@ -5,14 +5,15 @@
 - planner.py: a parameter target -> cut ratio per group kind -> channels kept per group;
 - surgery.py: choosing the channels to keep, and slicing them out of a model.
 
-
 A `Group` lists every tensor slice that must go when one of its channels goes (after Torch-Pruning's groups):
 - ssm_channels (per layer, d_inner): in_proj rows of x and z, conv1d channel, delta_proj rows and columns,
   B columns, C rows, D entries, inner norm entries, out_proj columns;
 - expert_hidden (per expert): w1 rows and bias, w2 columns;
 - experts (per layer): the whole expert and its router row (top_k is clamped to the experts left);
 - width (d_model): embedding and position-embedding columns, every d_model-wide norm, in_proj and router and w1
-  columns, out_proj and w2 rows (and w2 bias).
+  columns, out_proj and w2 rows (and w2 bias);
+- ssm_blocks, moe_blocks (depth): one channel per layer that has such a block; removing it removes every tensor of
+  the block, and the residual stream passes the layer unchanged.
 Never pruned: the SSM state dimension (A_log, the n axis of B and C) and the vocabulary.
 
 Pruning slices the state dict and rebuilds an ordinary IteraLite from a smaller config: nothing is masked. Its outputs

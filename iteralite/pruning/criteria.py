@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..losses import head_cross_entropy_sum
 from ..model import IteraLite
-from .groups import Group, build_groups
+from .groups import BLOCK_KINDS, Group, build_groups, skipped
 
 
 @dataclass
@@ -18,6 +19,7 @@ class CalibrationStats:
     taylor: dict[str, torch.Tensor] = field(default_factory=dict)  # sum over batches of |w * dL/dw|
     input_norms: dict[str, torch.Tensor] = field(default_factory=dict)  # Linear weight name -> ||X_j|| per input j
     routing: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> routing-weighted output norm per expert
+    skip_loss: dict[tuple[str, int], float] = field(default_factory=dict)  # (block kind, layer) -> loss increase
 
 
 class Criterion:
@@ -101,18 +103,37 @@ class Routing(Criterion):
         return stats.routing[group.layer].float()
 
 
-CRITERIA = {c.name: c for c in (L1(), L2(), Taylor(), ActivationAware(), Random(), Routing())}
+class SkipLoss(Criterion):
+    """Whole blocks only (depth): how much the calibration loss rises when the block is skipped, the residual stream
+    passing the layer unchanged (after Mamba-Shedder's block removal)."""
+
+    name = "skip_loss"
+    needs_calibration = True
+
+    def score(self, group, state, stats, seed):
+        if group.kind not in BLOCK_KINDS:
+            raise ValueError("the skip-loss criterion scores whole blocks only")
+        return torch.tensor([stats.skip_loss[(group.kind, layer)] for layer in group.members])
+
+
+CRITERIA = {c.name: c for c in (L1(), L2(), Taylor(), ActivationAware(), Random(), Routing(), SkipLoss())}
 
 
 def criterion_for(group: Group, criterion: str, expert_criterion: str) -> Criterion:
-    """The criterion a group is scored with: whole experts use `expert_criterion` unless the study runs random."""
-    if group.kind == "experts" and criterion != "random" and expert_criterion != "same":
+    """The criterion a group is scored with: unless the study runs random, whole experts use `expert_criterion` and
+    whole blocks the loss their skipping causes."""
+    if criterion == "random":
+        return CRITERIA[criterion]
+    if group.kind in BLOCK_KINDS:
+        return CRITERIA["skip_loss"]
+    if group.kind == "experts" and expert_criterion != "same":
         return CRITERIA[expert_criterion]
     return CRITERIA[criterion]
 
 
 def calibrate(model: IteraLite, batches: list[torch.Tensor], aux_loss_weight: float = 0.01) -> CalibrationStats:
-    """Run calibration batches through the dense model: Taylor saliency, Linear input norms, routing norms."""
+    """Run calibration batches through the dense model: Taylor saliency, Linear input norms, routing norms, and the
+    loss increase when each block is skipped."""
     stats = CalibrationStats()
     model.eval()
     names = {module: name for name, module in model.named_modules()}
@@ -124,8 +145,9 @@ def calibrate(model: IteraLite, batches: list[torch.Tensor], aux_loss_weight: fl
         squares[key] = squares.get(key, 0) + x.pow(2).sum(0)
 
     hooks = [m.register_forward_pre_hook(record_input) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    for layer in model.layers:
-        layer["moe"].routing_stats = {}
+    moe_blocks = [layer["moe"] for layer in model.layers if "moe" in layer]
+    for moe in moe_blocks:
+        moe.routing_stats = {}
     params = dict(model.named_parameters())
     stats.taylor = {n: torch.zeros_like(p) for n, p in params.items()}
     try:
@@ -143,10 +165,33 @@ def calibrate(model: IteraLite, batches: list[torch.Tensor], aux_loss_weight: fl
         model.zero_grad(set_to_none=True)
     stats.input_norms = {k: v.sqrt() for k, v in squares.items()}
     for i, layer in enumerate(model.layers):
-        recorded = layer["moe"].routing_stats
-        stats.routing[i] = torch.tensor([recorded.get(e, 0.0) for e in range(len(layer["moe"].experts))])
-        layer["moe"].routing_stats = None
+        if "moe" in layer:
+            recorded = layer["moe"].routing_stats
+            stats.routing[i] = torch.tensor([recorded.get(e, 0.0) for e in range(len(layer["moe"].experts))])
+    for moe in moe_blocks:
+        moe.routing_stats = None
+    stats.skip_loss = skip_losses(model, batches)
     return stats
+
+
+@torch.no_grad()
+def skip_losses(model: IteraLite, batches: list[torch.Tensor]) -> dict[tuple[str, int], float]:
+    """(block kind, layer) -> mean next-token loss on the batches with that block skipped, minus the loss without."""
+
+    def loss() -> float:
+        total = 0.0
+        for batch in batches:
+            hidden, _ = model.hidden_states(batch[:, :-1])
+            total += head_cross_entropy_sum(model.head, hidden.flatten(0, 1), batch[:, 1:].flatten())
+        return total / sum(b[:, 1:].numel() for b in batches)
+
+    base, increases = loss(), {}
+    for i, layer in enumerate(model.layers):
+        for kind, key in BLOCK_KINDS.items():
+            if key in layer:
+                with skipped(layer[key]):
+                    increases[(kind, i)] = loss() - base
+    return increases
 
 
 def score_groups(model: IteraLite, criterion: str, stats: CalibrationStats, seed: int,

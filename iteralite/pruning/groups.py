@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from ..model import IteraLiteConfig
 
-KINDS = ("width", "ssm_channels", "expert_hidden", "experts")
+KINDS = ("width", "ssm_channels", "expert_hidden", "experts", "ssm_blocks", "moe_blocks")
+BLOCK_KINDS = {"ssm_blocks": "ssm", "moe_blocks": "moe"}
+
+
 @dataclass(frozen=True)
 class Slice:
     """Channel c of the group is index offset + c along `axis` of state-dict tensor `param`."""
@@ -24,27 +28,44 @@ class Group:
     slices: list[Slice]
     layer: int | None = None
     expert: int | None = None
-    channel_params: list[list[str]] = field(default_factory=list)  # whole tensors owned by each channel (experts)
+    channel_params: list[list[str]] = field(default_factory=list)  # whole tensors owned by each channel
+    members: list[int] = field(default_factory=list)  # block groups: the layer of each channel
+
+
+def ssm_params(cfg: IteraLiteConfig, i: int) -> list[str]:
+    p = f"layers.{i}.ssm."
+    return [p + n for n in ("norm.weight", "in_proj.weight", "conv1d.weight", "conv1d.bias", "delta_proj.weight",
+                            "delta_proj.bias", "A_log", "B", "C", "D", "inner_norm.weight", "out_proj.weight")]
+
+
+def moe_params(cfg: IteraLiteConfig, i: int) -> list[str]:
+    m = f"layers.{i}.moe."
+    experts = [f"{m}experts.{e}.{leaf}" for e in range(cfg.experts_in(i))
+               for leaf in ("w1.weight", "w1.bias", "w2.weight", "w2.bias")]
+    return [m + "norm.weight", m + "router.weight", *experts]
 
 
 def build_groups(cfg: IteraLiteConfig) -> list[Group]:
-    """Every prunable group of a model config."""
+    """Every prunable group of a model config (blocks a layer no longer has have no groups)."""
     groups = []
     width = [Slice("tok_emb.weight", 1), Slice("pos_emb.weight", 1), Slice("norm_f.weight", 0)]
     for i in range(cfg.n_layers):
-        di, p = cfg.layer_d_inner[i], f"layers.{i}.ssm."
-        groups.append(
-            Group("ssm_channels", f"layer{i}.ssm_channels", di, [
-                Slice(p + "in_proj.weight", 0, 0), Slice(p + "in_proj.weight", 0, di),
-                Slice(p + "conv1d.weight", 0), Slice(p + "conv1d.bias", 0),
-                Slice(p + "delta_proj.weight", 0), Slice(p + "delta_proj.weight", 1), Slice(p + "delta_proj.bias", 0),
-                Slice(p + "B", 1), Slice(p + "C", 0), Slice(p + "D", 0), Slice(p + "inner_norm.weight", 0),
-                Slice(p + "out_proj.weight", 1),
-            ], layer=i)
-        )
-        m = f"layers.{i}.moe."
-        width += [Slice(p + "norm.weight", 0), Slice(p + "in_proj.weight", 1), Slice(p + "out_proj.weight", 0),
-                  Slice(m + "norm.weight", 0), Slice(m + "router.weight", 1)]
+        p, m = f"layers.{i}.ssm.", f"layers.{i}.moe."
+        if cfg.has_ssm(i):
+            di = cfg.layer_d_inner[i]
+            groups.append(
+                Group("ssm_channels", f"layer{i}.ssm_channels", di, [
+                    Slice(p + "in_proj.weight", 0, 0), Slice(p + "in_proj.weight", 0, di),
+                    Slice(p + "conv1d.weight", 0), Slice(p + "conv1d.bias", 0),
+                    Slice(p + "delta_proj.weight", 0), Slice(p + "delta_proj.weight", 1),
+                    Slice(p + "delta_proj.bias", 0), Slice(p + "B", 1), Slice(p + "C", 0), Slice(p + "D", 0),
+                    Slice(p + "inner_norm.weight", 0), Slice(p + "out_proj.weight", 1),
+                ], layer=i)
+            )
+            width += [Slice(p + "norm.weight", 0), Slice(p + "in_proj.weight", 1), Slice(p + "out_proj.weight", 0)]
+        if not cfg.has_moe(i):
+            continue
+        width += [Slice(m + "norm.weight", 0), Slice(m + "router.weight", 1)]
         experts = []
         for e, hidden in enumerate(cfg.layer_expert_hidden[i]):
             x = f"{m}experts.{e}."
@@ -59,5 +80,20 @@ def build_groups(cfg: IteraLiteConfig) -> list[Group]:
             Group("experts", f"layer{i}.experts", len(experts), [Slice(m + "router.weight", 0)], layer=i,
                   channel_params=experts)
         )
+    for kind, has, params in (("ssm_blocks", cfg.has_ssm, ssm_params), ("moe_blocks", cfg.has_moe, moe_params)):
+        layers = [i for i in range(cfg.n_layers) if has(i)]
+        groups.append(Group(kind, kind, len(layers), [], channel_params=[params(cfg, i) for i in layers],
+                            members=layers))
     groups.insert(0, Group("width", "width", cfg.d_model, width))
     return groups
+
+
+@contextlib.contextmanager
+def skipped(block):
+    """Within the block, the layer passes its input through, as if the block had been removed (an SSM block returns
+    its input, an MoE block its input and no balance loss)."""
+    block.forward = (lambda u: (u, u.new_zeros(()))) if hasattr(block, "experts") else (lambda u: u)
+    try:
+        yield block
+    finally:
+        del block.forward

@@ -15,8 +15,6 @@ PRESETS = {
     "plan": {"width": 0.0, "ssm_channels": 0.25, "expert_hidden": 0.60, "experts": 0.0},
 }
 
-
-
 class PlanError(ValueError):
     """An impossible pruning request; the message names the config key and the blocking bound."""
 
@@ -38,15 +36,17 @@ def plan_counts(cfg: IteraLiteConfig, ratios: dict[str, float], round_to: dict[s
 
 
 def pruned_config(cfg: IteraLiteConfig, kept: dict[str, int]) -> IteraLiteConfig:
+    """The config a plan's counts give. Which experts and blocks go depends on scores; for counting, the
+    smallest-index ones stay (all are equal in size before pruning, so the count is exact)."""
     new = copy.deepcopy(cfg)
     new.d_model = kept["width"]
-    new.layer_d_inner = [kept[f"layer{i}.ssm_channels"] for i in range(cfg.n_layers)]
+    ssm_layers = [i for i in range(cfg.n_layers) if cfg.has_ssm(i)][: kept["ssm_blocks"]]
+    moe_layers = [i for i in range(cfg.n_layers) if cfg.has_moe(i)][: kept["moe_blocks"]]
+    new.layer_d_inner = [kept[f"layer{i}.ssm_channels"] if i in ssm_layers else 0 for i in range(cfg.n_layers)]
     hidden = []
     for i in range(cfg.n_layers):
         sizes = [kept[f"layer{i}.expert{e}.hidden"] for e in range(cfg.experts_in(i))]
-        # Which experts go depends on scores; for counting, the smallest-index ones stay (all are equal in size
-        # before pruning, so the count is exact).
-        hidden.append(sizes[: kept[f"layer{i}.experts"]])
+        hidden.append(sizes[: kept[f"layer{i}.experts"]] if i in moe_layers else [])
     new.layer_expert_hidden = hidden
     return new
 
@@ -107,7 +107,7 @@ def _tightest(cfg: IteraLiteConfig, target: float, uniform: dict, round_to: dict
     """Rounding makes one uniform pressure overshoot; among allocations that cut no kind deeper than it does,
     take the one that removes the least while meeting the target."""
     sizes = {"width": cfg.d_model, "ssm_channels": cfg.d_inner, "expert_hidden": cfg.expert_hidden,
-             "experts": cfg.n_experts}
+             "experts": cfg.n_experts, "ssm_blocks": cfg.n_layers, "moe_blocks": cfg.n_layers}
     options = [_levels(sizes[k], uniform[k], round_to.get(k, 1)) for k in KINDS]
     best, best_removed = uniform, removed_fraction(cfg, uniform, round_to)
     for combo in itertools.product(*options):

@@ -11,7 +11,7 @@ import math
 import torch
 
 from ..model import IteraLite
-from .groups import build_groups
+from .groups import BLOCK_KINDS, build_groups
 
 
 def choose_kept(scores: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, torch.Tensor]:
@@ -23,25 +23,53 @@ def choose_kept(scores: dict[str, torch.Tensor], counts: dict[str, int]) -> dict
     return kept
 
 
+def removed_blocks(model_groups: list, kept: dict[str, torch.Tensor]) -> set[tuple[str, int]]:
+    """('ssm' or 'moe', layer) of every block the kept indices of the block groups leave out."""
+    removed = set()
+    for g in model_groups:
+        if g.kind in BLOCK_KINDS:
+            survivors = set(kept[g.name].tolist())
+            removed |= {(BLOCK_KINDS[g.kind], layer) for c, layer in enumerate(g.members) if c not in survivors}
+    return removed
+
+
+def _block_of(group) -> tuple[str, int] | None:
+    """The block a per-layer group lives in."""
+    if group.kind == "ssm_channels":
+        return "ssm", group.layer
+    if group.kind in ("expert_hidden", "experts"):
+        return "moe", group.layer
+    return None
+
+
 def prune(model: IteraLite, kept: dict[str, torch.Tensor]) -> IteraLite:
-    """A new, physically smaller IteraLite keeping the given channels of every group."""
+    """A new, physically smaller IteraLite keeping the given channels of every group, and the given blocks."""
     cfg = model.cfg
     groups = build_groups(cfg)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    removed = removed_blocks(groups, kept)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()
+             if not any(k.startswith(f"layers.{i}.{block}.") for block, i in removed)}
     for g in groups:
-        if g.kind == "experts":
+        if g.kind == "experts" or g.kind in BLOCK_KINDS or _block_of(g) in removed:
             continue
         by_axis: dict[tuple[str, int], list[int]] = {}
         for s in g.slices:
-            by_axis.setdefault((s.param, s.axis), []).append(s.offset)
+            if s.param in state:  # the width group's slices of removed blocks are gone with them
+                by_axis.setdefault((s.param, s.axis), []).append(s.offset)
         for (param, axis), offsets in by_axis.items():
             index = torch.cat([o + kept[g.name] for o in sorted(offsets)])
             state[param] = state[param].index_select(axis, index)
     new_cfg = copy.deepcopy(cfg)
     new_cfg.d_model = len(kept["width"])
-    new_cfg.layer_d_inner = [len(kept[f"layer{i}.ssm_channels"]) for i in range(cfg.n_layers)]
+    new_cfg.layer_d_inner = [
+        len(kept[f"layer{i}.ssm_channels"]) if cfg.has_ssm(i) and ("ssm", i) not in removed else 0
+        for i in range(cfg.n_layers)
+    ]
     new_cfg.layer_expert_hidden = []
     for i in range(cfg.n_layers):
+        if not cfg.has_moe(i) or ("moe", i) in removed:
+            new_cfg.layer_expert_hidden.append([])
+            continue
         survivors = kept[f"layer{i}.experts"].tolist()
         prefix = f"layers.{i}.moe."
         state[prefix + "router.weight"] = state[prefix + "router.weight"][survivors]
@@ -60,22 +88,27 @@ def prune(model: IteraLite, kept: dict[str, torch.Tensor]) -> IteraLite:
 
 
 def masked_model(model: IteraLite, kept: dict[str, torch.Tensor]) -> IteraLite:
-    """The reference semantics of pruning: the dense model with every dropped channel's slices zeroed, and dropped
-    experts removed from routing (their router logit forced to -inf)."""
+    """The reference semantics of pruning: the dense model with every dropped channel's slices zeroed, dropped
+    experts removed from routing (their router logit forced to -inf), and dropped blocks skipped."""
     masked = copy.deepcopy(model)
     state = masked.state_dict()
+    groups = build_groups(model.cfg)
     with torch.no_grad():
-        for g in build_groups(model.cfg):
+        for g in groups:
             dropped = sorted(set(range(g.size)) - set(kept[g.name].tolist()))
-            if not dropped or g.kind == "experts":
+            if not dropped or g.kind == "experts" or g.kind in BLOCK_KINDS:
                 continue
             for s in g.slices:
                 state[s.param].index_fill_(s.axis, torch.tensor(dropped) + s.offset, 0.0)
     for i, layer in enumerate(masked.layers):
+        if "moe" not in layer:
+            continue
         n_experts = len(layer["moe"].experts)
         dropped = sorted(set(range(n_experts)) - set(kept[f"layer{i}.experts"].tolist()))
         if dropped:
             layer["moe"].router.register_forward_hook(_mask_logits(dropped))
+    for block, i in removed_blocks(groups, kept):
+        del masked.layers[i][block]  # the layer's forward passes the residual stream through
     return masked
 
 

@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 def score_importance(checkpoint: str, tokens_path: str, criterion: str, expert_criterion: str | None,
                      seed: int, calibration: dict | None, out_scores: str, out_csv: str) -> None:
-    """`calibration` ({batches, batch_size, aux_loss_weight}) is given exactly when the criterion needs data; the
-    expert criterion is None for random scores (which score experts randomly too), the seed draws random scores
+    """`calibration` ({batches, batch_size, aux_loss_weight}) is given for every criterion but random; the expert
+    criterion is None for random scores (which score experts and blocks randomly too); the seed draws random scores
     and calibration windows."""
     model, _ = load_checkpoint(checkpoint)
     stats = criteria.CalibrationStats()
