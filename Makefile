@@ -4,16 +4,20 @@ PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= 2
 
-.PHONY: run test setup lint bench bench-train slurm-up slurm-down clean
+.PHONY: run test setup lock lint bench bench-train slurm-up slurm-down clean
 
-$(VENV)/.installed: pyproject.toml
+# The environment comes from requirements.lock (every package pinned, with its SHA-256): the same on every machine.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet pip==26.3
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e '.[test]'
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv and install the package with its pinned dependencies
+setup: $(VENV)/.installed  ## create .venv and install the locked environment and the package
+
+lock: setup  ## resolve pyproject.toml afresh: rewrite requirements.lock and the pins of envs/iteralite.yaml
+	$(PY) tools/lock.py
 
 run: setup  ## run the default study locally; leaves results/report.html
 	$(SNAKEMAKE) --cores $(CORES) all

@@ -257,7 +257,7 @@ class IteraLite(nn.Module):
 
     def step(self, token, position: int, cache):  # token: (b,) -> logits (b, v), new cache
         """Recurrent mode: one token with the conv+scan state of the tokens before it."""
-        u = self.tok_emb(token) + self.pos_emb.weight[position]
+        u = self.tok_emb(token) + self.pos_emb(torch.full_like(token, position))
         new_cache = []
         for layer, state in zip(self.layers, cache):
             if "ssm" in layer:

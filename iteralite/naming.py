@@ -1,7 +1,8 @@
 """Model names of the study, '<stage>/<variant>', and what they encode.
 
     baseline/dense                                 the trained baseline
-    pruned/<criterion>-<target>-s<seed>            a pruned variant (scores and calibration drawn with <seed>)
+    pruned/<criterion>-<target>-s<seed>            a pruned variant (scores and calibration drawn with <seed>);
+                                                   a target pruned in k steps reads t40k3 (k = 3)
     finetuned/<criterion>-<target>-<method>-s<seed>  it, recovered by <method> (distill or plain)
     finetuned/dense-s<seed>                        the control: the baseline fine-tuned with the same budget
     int4-<stage>/<variant>                         an INT4 copy
@@ -17,16 +18,16 @@ import re
 SEED = re.compile(r"-s(\d+)$")
 
 
-def target_label(target) -> str:
-    """0.4 -> 't40', 0.125 -> 't12p5', 'plan' -> 'plan'."""
+def target_label(target, steps: int = 1) -> str:
+    """0.4 -> 't40', 0.125 -> 't12p5', 'plan' -> 'plan'; in 3 steps, 0.4 -> 't40k3'."""
     if isinstance(target, str):
         return target
     percent = round(target * 100, 2)
-    return f"t{percent:g}".replace(".", "p")
+    return f"t{percent:g}".replace(".", "p") + (f"k{steps}" if steps > 1 else "")
 
 
-def pruned_variant(criterion: str, target, seed: int) -> str:
-    return f"{criterion}-{target_label(target)}-s{seed}"
+def pruned_variant(criterion: str, target, seed: int, steps: int = 1) -> str:
+    return f"{criterion}-{target_label(target, steps)}-s{seed}"
 
 
 def finetuned_variant(pruned: str, method: str) -> str:

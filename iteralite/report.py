@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
-from . import naming  # noqa: E402
+from . import naming, rulegraph  # noqa: E402
 from .artifacts import read_json, write_text  # noqa: E402
 
 
@@ -31,9 +31,37 @@ def figure_html(fig, caption: str) -> str:
     return f'<figure><img src="data:image/png;base64,{data}" alt="{text}"><figcaption>{text}</figcaption></figure>'
 
 
-def table_html(frame: pd.DataFrame, floatfmt: str = "{:,.4g}") -> str:
-    return frame.to_html(index=False, border=0, classes="t", na_rep="",
-                         float_format=lambda v: floatfmt.format(v))
+# Human units for every table: column -> (header with its unit, formatter). Columns not listed print as they are.
+UNITS = {
+    "params": ("parameters", lambda v: f"{v:,.0f}"),
+    "file_bytes": ("file (MB)", lambda v: f"{v / 1e6:,.2f}"),
+    "test_ppl": ("test perplexity", lambda v: f"{v:,.2f}"),
+    "test_tokens": ("test tokens", lambda v: f"{v:,.0f}"),
+    "tokens_per_s": ("throughput (k tokens/s)", lambda v: f"{v / 1e3:,.1f}"),
+    "step_latency_ms": ("step latency (ms)", lambda v: f"{v:,.2f}"),
+    "forward_ms": ("batched forward (ms)", lambda v: f"{v:,.2f}"),
+    "peak_mem_mb": ("peak memory (MB)", lambda v: f"{v:,.1f}"),
+    "weight_mem_mb": ("weights in memory (MB)", lambda v: f"{v:,.2f}"),
+    "seed": ("seed", lambda v: f"{v:.0f}"),
+}
+
+
+def display(frame: pd.DataFrame, drop=()) -> pd.DataFrame:
+    """A table as text in human units: thousands separators, MB, k tokens/s, units in the headers; empty cells for
+    missing values, never NaN or None."""
+    shown = frame.drop(columns=[c for c in drop if c in frame.columns]).copy()
+    for column in shown.columns:
+        header, fmt = UNITS.get(column, (column, None))
+        values = shown[column]
+        if fmt is None and pd.api.types.is_float_dtype(values):
+            fmt = "{:,.3g}".format
+        shown[column] = [("" if pd.isna(v) else fmt(v) if fmt else str(v)) for v in values.astype(object)]
+        shown = shown.rename(columns={column: header})
+    return shown
+
+
+def table_html(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, border=0, classes="t")
 
 
 def parameter_plot(analysis: dict) -> str:
@@ -89,20 +117,44 @@ def curves_plot(baseline_curve: str, finetune_curves: list[str]) -> str:
         curve = pd.read_csv(path).dropna(subset=["val_ppl"])
         axes[1].plot(curve["step"], curve["val_ppl"], "o-", label=os.path.basename(os.path.dirname(path)))
     axes[1].set(title="fine-tuning", xlabel="step", ylabel="validation perplexity")
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
     return figure_html(fig, "Training curves: the baseline's loss and validation perplexity, and the validation "
                             "perplexity of every fine-tune (the 'dense' curve is the equal-budget control).")
 
 
-def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
-    """Models no other model beats on both file size and perplexity."""
-    ordered = frame.sort_values(["file_bytes", "test_ppl"])
+def pareto_front(frame: pd.DataFrame, cost: str = "file_bytes", lower_is_better: bool = True) -> pd.DataFrame:
+    """Models no other model beats on both `cost` (file size, parameters; or tokens/s, where higher is better) and
+    perplexity."""
+    ordered = frame.sort_values([cost, "test_ppl"], ascending=[lower_is_better, True])
     front, best = [], math.inf
     for _, row in ordered.iterrows():
         if row["test_ppl"] < best:
             front.append(row)
             best = row["test_ppl"]
     return pd.DataFrame(front)
+
+
+def frontier_plot(families: pd.DataFrame) -> str:
+    """Mean test perplexity of the baseline and every fine-tuned recipe against parameters and against throughput,
+    with the Pareto front of each."""
+    frame = families[families["stage"].isin(["baseline", "finetuned"])].copy()
+    frame["recipe"] = frame["criterion"] + frame["method"].map(lambda m: f" ({m})" if m else "")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, cost, label, lower in ((axes[0], "params", "parameters", True),
+                                   (axes[1], "tokens_per_s", "tokens/s (batched forward)", False)):
+        ax.errorbar(frame[cost], frame["test_ppl"], yerr=[frame["test_ppl"] - frame["ppl_min"],
+                                                          frame["ppl_max"] - frame["test_ppl"]],
+                    fmt="none", ecolor="#999", lw=1)
+        sns.scatterplot(frame, x=cost, y="test_ppl", hue="recipe", style="target", s=60, ax=ax,
+                        legend=ax is axes[1])
+        front = pareto_front(frame, cost, lower)
+        ax.plot(front[cost], front["test_ppl"], "k--", lw=1, label="Pareto front")
+        ax.set(xlabel=label, ylabel="test perplexity (mean over seeds)")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1e3:,.0f}k"))
+    axes[1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return figure_html(fig, "The frontier: every fine-tuned recipe (mean over its seeds, bars from the lowest to the "
+                            "highest seed) against its parameters and its throughput; the dashed lines join the "
+                            "recipes no other beats on both axes.")
 
 
 def tradeoff_plot(summary: pd.DataFrame) -> str:
@@ -122,14 +174,64 @@ def tradeoff_plot(summary: pd.DataFrame) -> str:
 
 
 def speed_plot(speed: pd.DataFrame, latency: pd.DataFrame) -> str:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    sns.barplot(speed, y="model", x="tokens_per_s", ax=axes[0], color="#55a868")
-    axes[0].set(xlabel="tokens/s (batched forward)", ylabel="")
-    sns.lineplot(latency, x="context", y="latency_ms", hue="model", marker="o", ax=axes[1])
-    axes[1].set(ylabel="ms per generated token", xlabel="context length")
-    axes[1].legend(fontsize=6)
-    return figure_html(fig, "Batched throughput and per-token generation latency against context length: the SSM "
-                            "state is O(1), so latency stays flat as the context grows.")
+    """Throughput per model, and per-token latency against context in one small panel per model family (the
+    baseline, the pruned, fine-tuned and INT4 models of each criterion), so no two lines hide each other."""
+    fig, ax = plt.subplots(figsize=(7, 0.4 + 0.3 * len(speed)))
+    sns.barplot(speed.assign(k=speed["tokens_per_s"] / 1e3), y="model", x="k", ax=ax, color="#55a868")
+    ax.set(xlabel="throughput (k tokens/s, batched forward)", ylabel="")
+    parts = [figure_html(fig, "Batched throughput of every model, measured side by side in one process.")]
+    latency = latency.copy()
+    latency["panel"] = latency["model"].map(lambda m: naming.describe(m)["criterion"])
+    latency["stage"] = latency["model"].map(lambda m: m.partition("/")[0])
+    panels = list(dict.fromkeys(latency["panel"]))
+    grid = sns.relplot(latency, x="context", y="latency_ms", hue="stage", col="panel", col_order=panels,
+                       kind="line", marker="o", height=2.6, aspect=1.1, facet_kws={"sharey": True})
+    grid.set_axis_labels("context length (tokens)", "ms per generated token")
+    grid.set_titles("{col_name}")
+    sns.move_legend(grid, "upper left", bbox_to_anchor=(1.0, 0.9))
+    parts.append(figure_html(grid.figure, "Per-token generation latency against context length, one panel per "
+                                          "criterion (the dense panel holds the baseline, the control and their "
+                                          "INT4 copies): the SSM state is O(1), so the lines stay flat."))
+    return "".join(parts)
+
+
+def rulegraph_plot(dot: str) -> str:
+    """The study's rules in layers from the corpus (top) to the report, an arrow for each dependency."""
+    nodes, edges = rulegraph.parse_dot(dot)
+    depth = rulegraph.layers(nodes, edges)
+    rows: dict[int, list[str]] = {}
+    for node in sorted(nodes, key=lambda n: nodes[n]):
+        rows.setdefault(depth[node], []).append(node)
+    position = {n: (i - (len(row) - 1) / 2, -d) for d, row in rows.items() for i, n in enumerate(row)}
+    width = max(len(row) for row in rows.values())
+    fig, ax = plt.subplots(figsize=(2.2 * width + 1, 0.42 * len(rows) + 0.3))
+    for src, dst in edges:
+        ax.annotate("", xy=position[dst], xytext=position[src],
+                    arrowprops={"arrowstyle": "-|>", "color": "#aaa", "lw": 0.7, "shrinkA": 7, "shrinkB": 7})
+    for node, (x, y) in position.items():
+        ax.text(x, y, nodes[node], ha="center", va="center", fontsize=8,
+                bbox={"boxstyle": "round", "fc": "#eef3fa", "ec": "#4c72b0"})
+    ax.set(xlim=(-width / 2 - 0.2, width / 2 + 0.2), ylim=(-len(rows) + 0.5, 0.5))
+    ax.axis("off")
+    return figure_html(fig, "The workflow: every rule of the study (Snakemake's rule graph), each below the rules it "
+                            "reads from.")
+
+
+def cost_plot(runtimes: pd.DataFrame) -> str:
+    """Wall time and peak memory of every job, grouped by rule."""
+    frame = runtimes.copy()
+    frame["rule"] = frame["job"].str.split("/").str[0]
+    by_rule = frame.groupby("rule").agg(jobs=("job", "size"), seconds=("seconds", "sum"),
+                                        peak_mb=("max_rss_mb", "max")).sort_values("seconds", ascending=False)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 + 0.32 * len(by_rule)), sharey=True)
+    labels = [f"{rule} ({jobs} job{'s' if jobs > 1 else ''})" for rule, jobs in by_rule["jobs"].items()]
+    axes[0].barh(labels, by_rule["seconds"] / 60, color="#4c72b0")
+    axes[0].set(xlabel="wall time, all jobs of the rule (min)")
+    axes[0].invert_yaxis()
+    axes[1].barh(labels, by_rule["peak_mb"] / 1e3, color="#dd8452")
+    axes[1].set(xlabel="peak resident memory of one job (GB)")
+    return figure_html(fig, "Cost per rule, from Snakemake's benchmark files: total wall time of its jobs and the "
+                            "largest peak resident memory (max_rss) of one job; the basis of the Slurm requests.")
 
 
 def runtime_table(benchmark_files: list[str]) -> pd.DataFrame:
@@ -312,47 +414,62 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
         f"Machine: {html.escape(str(speed['machine'].iloc[0]))}, "
         f"{int(speed['threads'].iloc[0])} thread(s) for the speed figures.</p>",
         "<h2>Findings</h2>", "".join(f"<p>{html.escape(line)}</p>" for line in findings(families)),
-        "<h2>Summary</h2><p>One row per model and seed (results/metrics/summary.csv).</p>", table_html(summary),
+        "<h2>Workflow</h2>", rulegraph_plot(open(inputs["rulegraph"], encoding="utf-8").read()),
+        "<h2>Summary</h2><p>One row per model and seed (results/metrics/summary.csv).</p>",
+        test_tokens_note(summary, config), table_html(display(summary, drop=["family"])),
         "<h2>Plan vs measured</h2><p>The original plan's expected results beside the best fine-tuned recipe of this "
         "study (lowest mean test perplexity over its seeds), against the fp32 baseline. Source: "
         f"{html.escape(plan['source'])}, quoted in report/plan_expectations.yaml.</p>",
         table_html(plan_vs_measured(families, plan["expectations"])),
         "<h2>Parameter distribution</h2>", parameter_plot(analysis),
-        table_html(pd.DataFrame(analysis["by_component"])),
+        table_html(display(pd.DataFrame(analysis["by_component"]).assign(
+            percent=lambda f: f["percent"].map("{:.1f}%".format)))),
     ]
     if inputs.get("importance"):
         sections += ["<h2>Importance</h2>", importance_plot(_as_list(inputs["importance"]))]
     if prune_stats:
         sections += ["<h2>Pruning</h2>", kept_heatmap(_as_list(inputs["prune_stats"])),
                      table_html(pd.DataFrame([
-                         {"variant": s["variant"], "params before": s["params_before"],
-                          "params after": s["params_after"],
-                          "removed": f"{s['removed_fraction']:.1%}", "bytes before": s["file_bytes_before"],
-                          "bytes after": s["file_bytes_after"], "ratios": json.dumps(s["plan"]["ratios"])}
+                         {"variant": s["variant"], "parameters before": f"{s['params_before']:,}",
+                          "parameters after": f"{s['params_after']:,}", "removed": f"{s['removed_fraction']:.1%}",
+                          "file before (MB)": f"{s['file_bytes_before'] / 1e6:.2f}",
+                          "file after (MB)": f"{s['file_bytes_after'] / 1e6:.2f}",
+                          "kept per kind": ", ".join(f"{k} {1 - r:.0%}" for k, r in s["plan"]["ratios"].items())}
                          for s in prune_stats]))]
     sections += ["<h2>Training</h2>", curves_plot(inputs["baseline_curve"], _as_list(inputs.get("finetune_curves"))),
                  recovery_plot(summary),
                  "<p>Mean test perplexity of every recipe over its seeds, after pruning and after fine-tuning, "
                  "against the baseline and the control (the dense baseline fine-tuned with the same budget: extra "
-                 "training alone).</p>", table_html(finetune_table(families))]
-    sections += ["<h2>Size and quality</h2>", tradeoff_plot(summary)]
+                 "training alone).</p>", table_html(display(finetune_table(families)))]
+    sections += ["<h2>Size and quality</h2>", frontier_plot(families), tradeoff_plot(summary)]
     if inputs.get("quant_stats"):
         quant = [read_json(p) for p in _as_list(inputs["quant_stats"])]
         sections.append(table_html(pd.DataFrame([
-            {"source": q["source"], "bits/param (with scales)": q["bits_per_param"], "int4 share": q["int4_fraction"],
-             "file bytes": q["file_bytes"], "max layer error": max(t["relative_error"] for t in q["tensors"])}
+            {"source": q["source"], "bits per parameter (with scales)": f"{q['bits_per_param']:.2f}",
+             "parameters in 4 bits": f"{q['int4_fraction']:.1%}", "file (MB)": f"{q['file_bytes'] / 1e6:.2f}",
+             "largest relative error of a tensor": f"{max(t['relative_error'] for t in q['tensors']):.1%}"}
             for q in quant])))
-    sections += ["<h2>Speed</h2>", speed_plot(speed, latency), table_html(speed.drop(columns=["machine"])),
+    sections += ["<h2>Speed</h2>", speed_plot(speed, latency), table_html(display(speed, drop=["machine"])),
                  "<h2>Sample generations</h2><p>The same prompts, seed and temperature (0.8) for every model.</p>",
                  samples_html(samples)]
     runtimes = runtime_table(_as_list(inputs.get("job_benchmarks")))
     if len(runtimes):
-        sections += ["<h2>Cost per rule</h2><p>Wall time and peak memory of each job, from Snakemake's benchmark "
-                     "files.</p>", table_html(runtimes)]
+        sections += ["<h2>Cost per rule</h2>", cost_plot(runtimes)]
     sections += ["<h2>Study config</h2>", f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>"]
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>IteraLite compression study</title>" \
            f"<style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
     write_text(out_path, page)
+
+
+def test_tokens_note(summary: pd.DataFrame, config: dict) -> str:
+    """Says so when the test split held fewer tokens than the study's budget (`evaluate.test_tokens`). Perplexity
+    scores whole windows of max_seq tokens, so a full budget scores more than budget - max_seq tokens."""
+    budget, window = config["evaluate"]["test_tokens"], config["model"]["max_seq"]
+    scored = int(summary["test_tokens"].min())
+    if scored + window > budget:
+        return ""
+    return (f"<p><b>The test split is smaller than the budget:</b> perplexity is over {scored:,} test tokens, fewer "
+            f"than evaluate.test_tokens = {budget:,}.</p>")
 
 
 def _as_list(value) -> list[str]:

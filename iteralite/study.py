@@ -66,11 +66,13 @@ def importance_keys(config: dict, criterion: str) -> list[str]:
 
 
 def pruned_variants(config: dict) -> dict[str, dict]:
-    """Pruned variant name -> its criterion, target and seed: every criterion x target x seed."""
+    """Pruned variant name -> its criterion, target, schedule (steps) and seed: every criterion x target x schedule
+    x seed. A preset target ('plan') is an allocation, pruned in one shot."""
     p = config["pruning"]
     return {
-        naming.pruned_variant(c, t, s): {"criterion": c, "target": t, "seed": s}
-        for c in p["criteria"] for t in p["targets"] for s in config["seeds"]
+        naming.pruned_variant(c, t, s, k): {"criterion": c, "target": t, "steps": k, "seed": s}
+        for c in p["criteria"] for t in p["targets"] for k in (p["schedules"] if not isinstance(t, str) else [1])
+        for s in config["seeds"]
     }
 
 
@@ -83,7 +85,7 @@ def finetuned_variants(config: dict) -> dict[str, dict]:
             tuned[naming.finetuned_variant(name, method)] = {**variant, "method": method, "source": f"pruned/{name}"}
     if config["finetune"]["control"]:
         for seed in config["seeds"]:
-            tuned[naming.control_variant(seed)] = {"criterion": "dense", "target": None, "seed": seed,
+            tuned[naming.control_variant(seed)] = {"criterion": "dense", "target": None, "steps": 0, "seed": seed,
                                                    "method": "plain", "source": "baseline/dense"}
     return tuned
 

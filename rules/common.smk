@@ -79,7 +79,8 @@ def finetune_settings(wildcards):
 def job_benchmarks():
     """Snakemake's benchmark file of every job before the report (the report's per-job cost)."""
     files = [f"benchmarks/{rule}.tsv" for rule in
-             ("prepare_corpus", "train_tokenizer", "tokenize", "train_baseline", "analyze", "benchmark", "summary")]
+             ("prepare_corpus", "train_tokenizer", "tokenize", "train_baseline", "analyze", "benchmark", "rulegraph",
+              "summary")]
     files += [f"benchmarks/evaluate/{m}.tsv" for m in MODELS]
     files += [f"benchmarks/score_importance/{s}.tsv" for s in SCORES]
     files += [f"benchmarks/prune/{v}.tsv" for v in VARIANTS]
@@ -89,8 +90,28 @@ def job_benchmarks():
 
 
 def variant_of(wildcards):
-    """A pruned variant's own criterion, target and seed."""
+    """A pruned variant's own criterion, target, schedule (steps) and seed."""
     return study.variant(config, "pruned", wildcards.variant)
+
+
+def prune_inputs(wildcards):
+    """The baseline and the variant's scores; a schedule in steps also reads the tokens (rescoring, recovery)."""
+    variant = variant_of(wildcards)
+    inputs = {"checkpoint": checkpoint_path("baseline/dense"),
+              "scores": "results/importance/{criterion}-s{seed}.pt".format(**variant)}
+    if variant["steps"] > 1:
+        inputs["tokens"] = "results/tokens/tokens.pt"
+    return inputs
+
+
+def prune_settings(wildcards):
+    """The bounds and rounding; a schedule in steps adds what its rescoring and recovery read."""
+    variant = variant_of(wildcards)
+    if variant["steps"] == 1:
+        return config_slice("pruning.bounds", "pruning.round_to")
+    keys = ["pruning.bounds", "pruning.round_to", "pruning.recovery_steps", "finetune"]
+    keys += study.importance_keys(config, variant["criterion"])
+    return config_slice(*keys, drop=["finetune.control", "finetune.methods", "finetune.max_steps"])
 
 
 USER_CHECKPOINT = config["model"]["checkpoint"]

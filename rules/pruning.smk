@@ -24,14 +24,13 @@ rule score_importance:
 
 rule prune:
     input:
-        checkpoint="results/models/baseline/dense/model.pt",
-        scores=lambda w: "results/importance/{criterion}-s{seed}.pt".format(**variant_of(w)),
+        unpack(prune_inputs),
     output:
         checkpoint="results/models/pruned/{variant}/model.pt",
         stats="results/models/pruned/{variant}/prune_stats.json",
     params:
         variant=variant_of,
-        settings=config_slice("pruning.bounds", "pruning.round_to"),
+        settings=prune_settings,
         code=code_of("prune"),
     conda:
         "../envs/iteralite.yaml"

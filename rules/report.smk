@@ -2,6 +2,7 @@
 
 
 localrules:
+    rulegraph,
     summary,
     report,
 
@@ -28,6 +29,26 @@ rule benchmark:
         "benchmarks/benchmark.tsv"
     script:
         "../scripts/benchmark.py"
+
+
+rule rulegraph:
+    input:
+        # the rule graph changes with the workflow's code, and with the config only where it removes a rule
+        snakefile=workflow.main_snakefile,
+        rules=sorted(str(path) for path in Path(workflow.basedir).glob("rules/*.smk")),
+    output:
+        dot="results/rulegraph.dot",
+    params:
+        settings=config_slice("quantize.models"),
+        code=code_of("rulegraph"),
+    conda:
+        "../envs/iteralite.yaml"
+    log:
+        "logs/rulegraph.log",
+    benchmark:
+        "benchmarks/rulegraph.tsv"
+    script:
+        "../scripts/rulegraph.py"
 
 
 rule summary:
@@ -63,6 +84,7 @@ rule report:
         samples="results/bench/samples.json",
         job_benchmarks=job_benchmarks(),
         plan="report/plan_expectations.yaml",
+        rulegraph="results/rulegraph.dot",
     output:
         html="results/report.html",
     params:

@@ -92,6 +92,7 @@ def grid(**changes):
     config["pruning"].update(criteria=["taylor", "random"], targets=[0.4])
     config.update(seeds=[1, 2])
     config["finetune"].update(methods=["distill", "plain"], control=True, distill_weight=1.0)
+    config["pruning"]["schedules"] = [1]
     for key, value in changes.items():
         section, _, name = key.partition("__")
         config[section][name] = value
@@ -104,8 +105,8 @@ def test_the_grid_is_criteria_x_targets_x_seeds_then_methods():
                                                    "random-t40-s2"]
     tuned = study.finetuned_variants(config)
     assert list(tuned)[:2] == ["taylor-t40-distill-s1", "taylor-t40-plain-s1"]
-    assert tuned["random-t40-plain-s2"] == {"criterion": "random", "target": 0.4, "seed": 2, "method": "plain",
-                                            "source": "pruned/random-t40-s2"}
+    assert tuned["random-t40-plain-s2"] == {"criterion": "random", "target": 0.4, "steps": 1, "seed": 2,
+                                            "method": "plain", "source": "pruned/random-t40-s2"}
     assert tuned["dense-s2"]["source"] == "baseline/dense" and tuned["dense-s2"]["method"] == "plain"
     assert len(tuned) == 4 * 2 + 2
     models = study.all_models(config)
@@ -113,6 +114,15 @@ def test_the_grid_is_criteria_x_targets_x_seeds_then_methods():
     # speed is measured once per family (the first seed): the architecture is the same for every seed
     assert "finetuned/taylor-t40-distill-s1" in study.benchmarked_models(config)
     assert not [m for m in study.benchmarked_models(config) if m.endswith("-s2")]
+
+
+def test_a_schedule_in_steps_is_its_own_variant():
+    config = grid(pruning__schedules=[1, 3])
+    assert list(study.pruned_variants(config))[:4] == ["taylor-t40-s1", "taylor-t40-s2", "taylor-t40k3-s1",
+                                                       "taylor-t40k3-s2"]
+    assert study.variant(config, "pruned", "random-t40k3-s2")["steps"] == 3
+    assert "finetuned/taylor-t40k3-distill-s1" in study.all_models(config)
+    assert naming.describe("finetuned/taylor-t40k3-distill-s1")["target"] == "t40k3"
 
 
 def test_quantize_models_names_a_model_a_family_or_all():

@@ -175,3 +175,32 @@ def test_planner_removes_blocks_within_their_bound():
     assert plan["ratios"]["ssm_blocks"] + plan["ratios"]["moe_blocks"] > 0  # depth takes part in the allocation
     counts = planner.plan_counts(cfg, plan["ratios"], plan["round_to"])
     assert 0.4 <= 1 - planner.parameter_count(planner.pruned_config(cfg, counts)) / planner.parameter_count(cfg)
+
+
+def test_pruning_in_steps_ends_where_one_shot_does_and_recovers_between_steps():
+    from iteralite.pruning import schedule
+
+    cfg = IteraLiteConfig(vocab_size=300, d_model=64, n_layers=2, max_seq=32, d_inner=64, d_state=4, n_experts=4,
+                          expert_hidden=32)
+    torch.manual_seed(0)
+    dense = IteraLite(cfg).eval()
+    bounds = {"width": 0.5, "ssm_channels": 0.75, "expert_hidden": 0.75, "experts": 0.5, "moe_blocks": 0.5}
+    round_to = {"width": 8, "ssm_channels": 8, "expert_hidden": 8}
+    batches = [torch.randint(0, 300, (2, 17), generator=torch.Generator().manual_seed(s)) for s in range(2)]
+
+    def l1(model):
+        return criteria.score_groups(model, "l1", criteria.calibrate(copy.deepcopy(model), batches), 0, "same")
+
+    recovered = []
+
+    def recover(model, step):
+        recovered.append((step, count_parameters(model)))
+        return model
+
+    in_steps = schedule.prune_in_steps(dense, 0.5, 3, bounds, round_to, l1(dense), l1, recover)
+    plan = planner.plan_target(cfg, 0.5, bounds, round_to)
+    one_shot = surgery.prune(dense, surgery.choose_kept(l1(dense), planner.plan_counts(cfg, plan["ratios"], round_to)))
+    assert in_steps.cfg.to_dict() == one_shot.cfg.to_dict()  # the same shapes at the end
+    assert [step for step, _ in recovered] == [1, 2]
+    sizes = [count_parameters(dense)] + [n for _, n in recovered] + [count_parameters(in_steps)]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 4  # smaller at every step

@@ -56,3 +56,36 @@ def test_plan_figures_use_the_best_recipe_mean():
                                     [{"figure": "ppl", "expected": 0.05, "key": "ppl_pruned"}])
     assert table.iloc[0]["measured"] == "+3.1%" and table.iloc[0]["model (mean over seeds)"] == (
         "finetuned/taylor-t40-distill")
+
+
+def test_tables_print_human_units_and_never_nan():
+    frame = pd.DataFrame({"model": ["baseline/dense", "pruned/l1-t40-s1"], "seed": pd.array([None, 1], dtype="Int64"),
+                          "params": [1988768, 1185152], "file_bytes": [7994644, 4780116],
+                          "tokens_per_s": [14200.0, 21000.0], "test_ppl": [82.5029, float("nan")]})
+    shown = report.display(frame)
+    assert list(shown.columns) == ["model", "seed", "parameters", "file (MB)", "throughput (k tokens/s)",
+                                   "test perplexity"]
+    assert shown.iloc[0].tolist() == ["baseline/dense", "", "1,988,768", "7.99", "14.2", "82.50"]
+    assert shown.iloc[1].tolist() == ["pruned/l1-t40-s1", "1", "1,185,152", "4.78", "21.0", ""]
+
+
+DOT = """digraph snakemake_dag {
+\t0[label = "all", color = "0.00 0.6 0.85", style="rounded"];
+\t1[label = "report", color = "0.38 0.6 0.85", style="rounded"];
+\t2[label = "train", color = "0.48 0.6 0.85", style="rounded"];
+\t3[label = "corpus", color = "0.14 0.6 0.85", style="rounded"];
+\t1 -> 0
+\t2 -> 1
+\t3 -> 1
+\t3 -> 2
+}"""
+
+
+def test_rule_graph_is_read_from_snakemakes_dot_and_layered_by_longest_path():
+    from iteralite import rulegraph
+
+    nodes, edges = rulegraph.parse_dot(DOT)
+    assert nodes == {"0": "all", "1": "report", "2": "train", "3": "corpus"}
+    assert ("3", "1") in edges and len(edges) == 4
+    assert rulegraph.layers(nodes, edges) == {"3": 0, "2": 1, "1": 2, "0": 3}  # report after train, not beside it
+    assert "<figure><img" in report.rulegraph_plot(DOT)

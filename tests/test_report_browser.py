@@ -3,6 +3,7 @@
 A screenshot is kept in test-artifacts/report.png. Uses the tiny study of test_workflow.
 """
 
+import re
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+EXPONENT = re.compile(r"\d[eE][+-]?\d")  # 1.42e+04
 
 PROBE = """<script>
 window.addEventListener('load', () => {
@@ -81,12 +83,16 @@ def test_report_renders_offline_with_every_image(study, tmp_path):
         dom = chromium(["--dump-dom", probe.as_uri()], tmp_path, proxy.port)
         artifacts = ROOT / "test-artifacts"
         artifacts.mkdir(exist_ok=True)
-        shot = chromium([f"--screenshot={artifacts / 'report.png'}", "--window-size=1200,2400",
+        shot = chromium([f"--screenshot={artifacts / 'report.png'}", "--window-size=1400,2400",
                          (study / "results/report.html").as_uri()], tmp_path, proxy.port)
     finally:
         proxy.close()
     n_images = page.count("<img ")
-    assert n_images >= 6
+    assert n_images == 11
     assert f"<title>images {n_images}/{n_images}</title>" in dom.stdout, dom.stdout[:300] + dom.stderr[-2000:]
     assert set(proxy.hosts) <= browser_own, f"the report made requests to {set(proxy.hosts) - browser_own}"
     assert shot.returncode == 0 and Path(artifacts / "report.png").stat().st_size > 20_000
+    cells = re.findall(r"<t[dh][^>]*>([^<]*)</t[dh]>", dom.stdout)
+    assert len(cells) > 200
+    unreadable = [c for c in cells if c.strip() in ("nan", "NaN", "None", "<NA>", "inf") or EXPONENT.search(c)]
+    assert not unreadable, f"cells a reader cannot take in at a glance: {unreadable[:10]}"

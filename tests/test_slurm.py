@@ -1,7 +1,8 @@
 """The tiny study through profiles/slurm on a real single-node Slurm cluster (tools/slurm-cluster.sh).
 
-Skipped where the cluster cannot be started (not root, no apt). The profile is the real one, with only the
-resources that exceed the CI node (8 CPUs, 32 GB, a GPU) scaled down.
+Skipped where the cluster cannot be started (not root, no apt). The profile is the real one, its `gres: gpu:1`
+requests included (the cluster declares one GPU generic resource), with only the CPUs, memory and time that exceed
+the CI node scaled down.
 """
 
 import os
@@ -34,7 +35,7 @@ def ci_profile(dest: Path) -> Path:
     profile["latency-wait"] = 5
     profile["default-resources"].update({"mem_mb": 1500, "cpus_per_task": 1})
     for rule, resources in profile["set-resources"].items():
-        resources.pop("gres")  # no GPU on the CI node; the partition routing is what is tested
+        assert resources["gres"] == "gpu:1", rule  # kept: the cluster's gres must reach the training jobs
         resources.update({"cpus_per_task": 2, "mem_mb": 3000, "runtime": 30})
         profile["set-threads"][rule] = 2
     dest.mkdir(parents=True)
@@ -50,12 +51,15 @@ def test_tiny_study_on_slurm(cluster, tmp_path):
     run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=project_env(workdir))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert (workdir / "results/report.html").is_file()
-    listing = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "Comment,Partition,State", "-S", "now-2hours"],
-                             capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "Comment,Partition,State,AllocTRES", "-S",
+                              "now-2hours"], capture_output=True, text=True, check=True).stdout
     rows = [line.split("|") for line in listing.splitlines() if line.startswith("rule_")]
-    assert rows and all(state == "COMPLETED" for _, _, state in rows), rows
-    rules = {comment.split("_wildcards_")[0].removeprefix("rule_"): partition for comment, partition, _ in rows}
-    on_gpu = sorted(c for c, p, _ in rows if p == "gpu")
-    assert len(on_gpu) == 4 and all(c.startswith(("rule_train_baseline", "rule_finetune")) for c in on_gpu), on_gpu
+    assert rows and all(state == "COMPLETED" for _, _, state, _ in rows), rows
+    rules = {comment.split("_wildcards_")[0].removeprefix("rule_"): partition for comment, partition, _, _ in rows}
+    on_gpu = sorted(c for c, p, _, _ in rows if p == "gpu")
+    # the baseline and the 10 fine-tunes of the tiny study, and nothing else
+    assert len(on_gpu) == 11 and all(c.startswith(("rule_train_baseline", "rule_finetune")) for c in on_gpu), on_gpu
+    with_gpu = sorted(c for c, _, _, tres in rows if "gres/gpu=1" in tres)
+    assert with_gpu == on_gpu, (with_gpu, on_gpu)  # allocated the GPU resource exactly where it was asked for
     assert rules["prune"] == "cpu" and rules["benchmark"] == "cpu"
     assert "summary" not in rules and "report" not in rules  # local rules run on the submitting host

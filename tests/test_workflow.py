@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, copy_project, snakemake
 
 RULES = ["prepare_corpus", "train_tokenizer", "tokenize", "train_baseline", "analyze", "evaluate",
-         "score_importance", "prune", "finetune", "quantize", "benchmark", "summary", "report"]
+         "score_importance", "prune", "finetune", "quantize", "benchmark", "rulegraph", "summary", "report"]
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +58,9 @@ def test_every_artifact_is_produced(study):
 
 def test_summary_has_a_complete_row_per_model(study):
     summary = pd.read_csv(study / "results/metrics/summary.csv")
-    assert list(summary.columns[:11]) == ["model", "stage", "criterion", "target", "method", "seed", "params",
-                                          "file_bytes", "test_ppl", "tokens_per_s", "step_latency_ms"]
+    assert list(summary.columns[:12]) == ["model", "stage", "criterion", "target", "method", "seed", "params",
+                                          "file_bytes", "test_ppl", "test_tokens", "tokens_per_s", "step_latency_ms"]
+    assert (summary["test_tokens"] == 3968).all()  # 62 whole windows of 64 scored tokens within the budget of 4000
     assert len(summary) == 26 and summary["model"].is_unique  # one row per model and seed
     assert not summary[["params", "file_bytes", "test_ppl", "tokens_per_s", "step_latency_ms"]].isna().any().any()
     by = summary.set_index("model")
@@ -79,9 +80,11 @@ def test_baseline_learned(study):
 
 def test_report_is_self_contained(study):
     page = (study / "results/report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 6
-    for section in ("Summary", "Plan vs measured", "Parameter distribution", "Importance", "Pruning", "Training",
-                    "Size and quality", "Speed", "Sample generations", "Cost per rule", "Study config"):
+    # parameters, importance, kept fractions, curves, recovery, frontier, size, throughput, latency, rule graph, cost
+    assert page.count("data:image/png;base64,") == 11
+    for section in ("Findings", "Workflow", "Summary", "Plan vs measured", "Parameter distribution", "Importance",
+                    "Pruning", "Training", "Size and quality", "Speed", "Sample generations", "Cost per rule",
+                    "Study config"):
         assert f"<h2>{section}</h2>" in page, section
     assert "http://" not in page and "https://" not in page.replace("https://json-schema.org", "")
     assert "Source: Phase 7, Task 2 plan" in page and "<td>2.37x</td>" in page  # the plan's figures, from the repo

@@ -3,7 +3,9 @@
 #   tools/slurm-cluster.sh up     install if needed, start munge, MariaDB, slurmdbd, slurmctld, slurmd (clean state)
 #   tools/slurm-cluster.sh down   stop them (PIDs recorded under $STATE/pids)
 #   tools/slurm-cluster.sh status
-# Partitions: cpu (default) and gpu, both on this node. Accounting through slurmdbd, so sacct works as on clusters.
+# Partitions: cpu (default) and gpu, both on this node; the node declares one GPU generic resource (gres gpu:1,
+# backed by /dev/null: Slurm allocates and accounts it, and sets CUDA_VISIBLE_DEVICES in the job, as a site does).
+# Accounting through slurmdbd (gres/gpu tracked), so sacct works as on clusters.
 set -euo pipefail
 STATE=${SLURM_LOCAL_STATE:-/var/lib/iteralite-slurm}
 PIDS=$STATE/pids
@@ -58,12 +60,15 @@ MinJobAge=600
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
+AccountingStorageTRES=gres/gpu
+GresTypes=gpu
 JobAcctGatherType=jobacct_gather/linux
 AccountingStoreFlags=job_comment
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem Gres=gpu:1 State=UNKNOWN
 PartitionName=cpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
 CONFEOF
+  echo "NodeName=localhost Name=gpu File=/dev/null" >"$CONF/gres.conf"
   cat >"$CONF/slurmdbd.conf" <<CONFEOF
 AuthType=auth/munge
 DbdHost=localhost
@@ -122,16 +127,20 @@ up() {
   log "up: $(sinfo -h -o '%P %t %c cpus %m MB' | tr '\n' ';')"
 }
 
-down() {
+stop_recorded() {  # stop_recorded <name>: the process `up` started under that name, and only it
+  local pid
+  pid=$(cat "$PIDS/$1.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$PIDS/$1.pid"
+}
+
+down() {  # stops the processes `up` recorded, by PID; never by process name (other Slurm daemons stay untouched)
   [ -d "$PIDS" ] || return 0
   for name in slurmd slurmctld slurmdbd mariadbd munged; do
-    if [ -f "$PIDS/$name.pid" ]; then
-      kill "$(cat "$PIDS/$name.pid")" 2>/dev/null || true
-      rm -f "$PIDS/$name.pid"
-    fi
+    [ -f "$PIDS/$name.pid" ] && stop_recorded "$name"
   done
-  pkill -x slurmd 2>/dev/null || true; pkill -x slurmctld 2>/dev/null || true; pkill -x slurmdbd 2>/dev/null || true
-  sleep 1
   log "down"
 }
 

@@ -113,6 +113,8 @@ class SkipLoss(Criterion):
     def score(self, group, state, stats, seed):
         if group.kind not in BLOCK_KINDS:
             raise ValueError("the skip-loss criterion scores whole blocks only")
+        if not stats.skip_loss and group.members:
+            raise ValueError("blocks are scored by their skip loss: calibrate on data first (criteria.calibrate)")
         return torch.tensor([stats.skip_loss[(group.kind, layer)] for layer in group.members])
 
 

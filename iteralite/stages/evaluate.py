@@ -9,7 +9,7 @@ import pandas as pd
 
 from .. import naming, quant
 from ..artifacts import read_json, write_csv, write_json
-from ..data import load_tokens
+from ..data import eval_windows, load_tokens
 from ..model import count_parameters
 from ..train import perplexity
 
@@ -35,13 +35,18 @@ def evaluate(model_id: str, model_path: str, tokens_path: str, test_tokens: int,
     tokens, _ = load_tokens(tokens_path)
     row = model_row(model_id, model_path, model)
     row["test_ppl"] = perplexity(model, tokens["test"], test_tokens)
+    row["test_tokens"] = int(eval_windows(tokens["test"], model.cfg.max_seq, test_tokens)[:, 1:].numel())
+    if tokens["test"].numel() - 1 < test_tokens:
+        log.warning("%s: the test split has only %d tokens, fewer than evaluate.test_tokens=%d; the perplexity is "
+                    "over the %d it holds in whole windows", model_id, tokens["test"].numel(), test_tokens,
+                    row["test_tokens"])
     write_json(out_json, row)
     log.info("%s: test perplexity %.2f, %d parameters, %d bytes", model_id, row["test_ppl"], row["params"],
              row["file_bytes"])
 
 
 SUMMARY_COLUMNS = ["model", "stage", "criterion", "target", "method", "seed", "params", "file_bytes", "test_ppl",
-                   "tokens_per_s", "step_latency_ms"]
+                   "test_tokens", "tokens_per_s", "step_latency_ms"]
 
 
 def summarize(metric_paths: list[str], speed_csv: str, out_csv: str) -> pd.DataFrame:

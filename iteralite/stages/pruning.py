@@ -1,17 +1,21 @@
-"""Rules score_importance (per criterion, independent of the targets) and prune (one variant)."""
+"""Rules score_importance (per criterion and seed, independent of the targets) and prune (one variant, in one
+shot or in steps)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 
 import pandas as pd
+import torch
 
 from .. import analysis, data
 from ..artifacts import load_torch, save_torch, write_csv, write_json
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..pruning import criteria, planner, surgery
+from ..pruning import criteria, planner, schedule, surgery
 from ..pruning.groups import build_groups
+from ..train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +45,51 @@ def score_importance(checkpoint: str, tokens_path: str, criterion: str, expert_c
 
 def prune(variant: str, criterion: str, target, bounds: dict, round_to: dict, checkpoint: str, scores_path: str,
           out_checkpoint: str, out_stats: str) -> None:
+    """One shot: the dense model pruned to the target's plan, keeping the highest-scoring channels."""
     dense, meta = load_checkpoint(checkpoint)
     plan = planner.plan_target(dense.cfg, target, bounds, round_to)
     counts = planner.plan_counts(dense.cfg, plan["ratios"], plan["round_to"])
     scores = load_torch(scores_path, "importance scores")["scores"]
     kept = surgery.choose_kept(scores, counts)
     pruned = surgery.prune(dense, kept)
+    _write(variant, criterion, target, plan, dense, meta, pruned, {n: len(k) for n, k in kept.items()}, checkpoint,
+           out_checkpoint, out_stats)
+
+
+def prune_in_steps(variant: str, criterion: str, target: float, steps: int, bounds: dict, round_to: dict,
+                   checkpoint: str, scores_path: str, tokens_path: str, calibration: dict | None,
+                   expert_criterion: str | None, seed: int, recovery: TrainConfig, out_checkpoint: str,
+                   out_stats: str) -> None:
+    """The target in `steps` steps: rescored on calibration batches of the model as it is (random: redrawn), and
+    `recovery.max_steps` steps of fine-tuning (distilled from the dense model when recovery.distill_weight > 0)
+    between steps."""
+    dense, meta = load_checkpoint(checkpoint)
+    tokens, _ = data.load_tokens(tokens_path)
+    teacher = dense if recovery.distill_weight > 0 else None
+
+    def rescore(model):
+        stats = criteria.CalibrationStats()
+        if calibration:
+            windows = data.TokenWindows(tokens["train"], model.cfg.max_seq, calibration["batch_size"], seed)
+            stats = criteria.calibrate(copy.deepcopy(model), [windows.next() for _ in range(calibration["batches"])],
+                                       calibration["aux_loss_weight"])
+        return criteria.score_groups(model, criterion, stats, seed, expert_criterion)
+
+    def recover(model, step):
+        log.info("%s: recovering after step %d of %d (%d steps)", variant, step, steps, recovery.max_steps)
+        model, _ = train(model, tokens["train"], tokens["validation"], recovery, None, teacher, torch.device("cpu"))
+        return model.cpu().eval()
+
+    first = load_torch(scores_path, "importance scores")["scores"]
+    pruned = schedule.prune_in_steps(dense, target, steps, bounds, round_to, first, rescore, recover)
+    plan = planner.plan_target(dense.cfg, target, bounds, round_to)
+    # Kept channels per dense group, by name (an expert renumbered after removals counts under its new index).
+    final = {g.name: g.size for g in build_groups(pruned.cfg)}
+    _write(variant, criterion, target, plan, dense, meta, pruned, final, checkpoint, out_checkpoint, out_stats)
+
+
+def _write(variant, criterion, target, plan, dense, meta, pruned, kept_counts: dict, checkpoint, out_checkpoint,
+           out_stats) -> None:
     save_checkpoint(out_checkpoint, pruned, meta["tokenizer_sha256"], {"pruned_from": checkpoint, "variant": variant})
     before = analysis.component_totals(analysis.parameter_table(dense)).set_index("component")["params"]
     after = analysis.component_totals(analysis.parameter_table(pruned)).set_index("component")["params"]
@@ -60,7 +103,7 @@ def prune(variant: str, criterion: str, target, bounds: dict, round_to: dict, ch
         ],
         "groups": [
             {"group": g.name, "kind": g.kind, "layer": g.layer, "expert": g.expert, "total": g.size,
-             "kept": len(kept[g.name])}
+             "kept": kept_counts.get(g.name, 0)}
             for g in build_groups(dense.cfg)
         ],
         "config_after": pruned.cfg.to_dict(),

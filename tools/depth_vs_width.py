@@ -1,0 +1,63 @@
+"""Side experiment: the same parameter target with and without depth pruning, after the default study has run.
+
+For each allocation (width and channels only; MoE blocks allowed; SSM blocks allowed), prunes the study's baseline by
+Taylor importance, measures test perplexity before and after a distilled fine-tune of the default recipe, and the
+pruned model's batched throughput against the baseline's, side by side in one process.
+
+Usage: python tools/depth_vs_width.py [fine-tune steps] [target]   (after `make run`; defaults 100 and 0.4)
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+
+import torch
+import yaml
+
+from iteralite import bench, workflow
+from iteralite.checkpoint import load_checkpoint
+from iteralite.data import TokenWindows, load_tokens
+from iteralite.pruning import criteria, planner, surgery
+from iteralite.train import TrainConfig, perplexity, train
+
+ALLOCATIONS = {
+    "width and channels only": {},
+    "MoE blocks may go (bound 0.25)": {"moe_blocks": 0.25},
+    "SSM and MoE blocks may go (0.25)": {"ssm_blocks": 0.25, "moe_blocks": 0.25},
+}
+
+
+def main(steps: int, target: float) -> None:
+    workflow.bound_native_caches()
+    torch.set_num_threads(2)
+    config = yaml.safe_load(open("config/config.yaml", encoding="utf-8"))
+    pruning, seed = config["pruning"], config["seeds"][0]
+    tokens, _ = load_tokens("results/tokens/tokens.pt")
+    dense = load_checkpoint("results/models/baseline/dense/model.pt")[0].eval()
+    windows = TokenWindows(tokens["train"], dense.cfg.max_seq, config["train"]["batch_size"], seed)
+    stats = criteria.calibrate(copy.deepcopy(dense), [windows.next() for _ in range(pruning["calibration_batches"])])
+    scores = criteria.score_groups(dense, "taylor", stats, seed, pruning["expert_criterion"])
+    skips = stats.skip_loss.items()
+    print("skip loss per block:", ", ".join(f"{kind[:3]}{layer} {v:.3f}" for (kind, layer), v in skips))
+    base_ppl = perplexity(dense, tokens["test"], config["evaluate"]["test_tokens"])
+    recipe = TrainConfig.from_dict({**config["finetune"], "max_steps": steps, "seed": seed})
+    for label, depth in ALLOCATIONS.items():
+        bounds = {**pruning["bounds"], **depth}
+        plan = planner.plan_target(dense.cfg, target, bounds, pruning["round_to"])
+        counts = planner.plan_counts(dense.cfg, plan["ratios"], plan["round_to"])
+        pruned = surgery.prune(dense, surgery.choose_kept(scores, counts)).eval()
+        before = perplexity(pruned, tokens["test"], config["evaluate"]["test_tokens"])
+        speed, _ = bench.measure({"dense": dense, "pruned": pruned}, tokens["test"], 8, 5, [16])
+        per_s = speed.set_index("model")["tokens_per_s"]
+        tuned, _ = train(pruned.train(), tokens["train"], tokens["validation"], recipe, None, dense,
+                         torch.device("cpu"))
+        after = perplexity(tuned.eval(), tokens["test"], config["evaluate"]["test_tokens"])
+        print(f"{label}: {plan['removed_fraction']:.1%} removed, blocks kept {counts['ssm_blocks']} SSM "
+              f"{counts['moe_blocks']} MoE; test ppl {before:.1f} pruned, {after:.2f} fine-tuned "
+              f"({after / base_ppl - 1:+.1%} vs the baseline's {base_ppl:.2f}); throughput "
+              f"{per_s['pruned'] / per_s['dense']:.2f}x the baseline's")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100, float(sys.argv[2]) if len(sys.argv) > 2 else 0.4)
