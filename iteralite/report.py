@@ -337,6 +337,11 @@ def findings(families: pd.DataFrame) -> list[str]:
     for _, other in methods.iterrows():
         out.append(f"{best['criterion']} recovered by {other['method']} instead, same budget: {_ppl_text(other)}, "
                    f"{vs_base(other)}; {_verdict(best, other)}.")
+    schedules = tuned[(tuned["criterion"] == best["criterion"]) & (tuned["method"] == best["method"])
+                      & (tuned["params"] == best["params"]) & (tuned["family"] != best["family"])]
+    for _, other in schedules.iterrows():  # the same size reached another way (e.g. in one shot, not in steps)
+        out.append(f"{best['criterion']} ({best['method']}) at the same size as {other['target']}: "
+                   f"{_ppl_text(other)}, {vs_base(other)}; {_verdict(best, other)}.")
     quantized = families[families["family"] == f"int4-{best['family']}"]
     if len(quantized):
         q = quantized.iloc[0]

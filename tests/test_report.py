@@ -51,6 +51,15 @@ def test_findings_say_which_differences_exceed_the_spread():
                         "(2 seeds), +5.0%.")
 
 
+def test_findings_compare_schedules_of_the_same_size():
+    study = summary({"baseline/dense": 80.0, "finetuned/taylor-t40-distill-s1": 82.0,
+                     "finetuned/taylor-t40-distill-s2": 82.2, "finetuned/taylor-t40k3-distill-s1": 81.0,
+                     "finetuned/taylor-t40k3-distill-s2": 81.1})
+    text = report.findings(report.family_stats(study))
+    assert text[0].startswith("Best recovery: taylor (distill, t40k3)")
+    assert "taylor (distill) at the same size as t40: 82.10 ± 0.14 (2 seeds), +2.6%; every seed of one beats" in text[1]
+
+
 def test_plan_figures_use_the_best_recipe_mean():
     table = report.plan_vs_measured(report.family_stats(STUDY),
                                     [{"figure": "ppl", "expected": 0.05, "key": "ppl_pruned"}])
