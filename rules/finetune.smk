@@ -19,7 +19,7 @@ rule finetune:
     threads: 1
     resources:
         runtime=480,
-        # measured peak RSS 0.95-1.16 GB (benchmarks/finetune/*.tsv, max_rss, default study), with a margin
+        # measured peak RSS 1.24-1.36 GB (benchmarks/finetune/*.tsv, max_rss, default study), with a margin
         mem_mb=2000,
     conda:
         "../envs/iteralite.yaml"
