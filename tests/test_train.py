@@ -57,6 +57,20 @@ def test_distillation_changes_the_loss(tiny_model):
     assert plain[0]["loss"] != pytest.approx(distilled[0]["loss"])
 
 
+def test_the_same_seed_gives_the_same_fine_tune_and_another_seed_another(tiny_model):
+    """Seeds are repeats: a fine-tune's data order comes from its seed, and nothing else varies."""
+    tokens = corpus_tokens()
+
+    def fine_tune(seed):
+        cfg = TrainConfig(batch_size=4, lr=1e-3, warmup=1, max_steps=4, eval_every=4, eval_tokens=500, seed=seed)
+        model, _ = train(load_copy(tiny_model), tokens, tokens, cfg, device=torch.device("cpu"))
+        return model.state_dict()
+
+    first, again, other = fine_tune(1), fine_tune(1), fine_tune(2)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 def load_copy(model):
     import copy
 
