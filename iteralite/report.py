@@ -71,6 +71,7 @@ def parameter_plot(analysis: dict) -> str:
     for i, row in frame.iterrows():
         ax.text(row["params"], i, f" {row['percent']:.1f}%", va="center", fontsize=8)
     ax.set_xlabel("parameters")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1e3:,.0f}k"))
     return figure_html(fig, f"Parameters by component ({analysis['total_params']:,} in all): the tied token "
                             "embedding holds the largest share, so only width pruning can shrink it.")
 
