@@ -14,8 +14,8 @@ rule finetune:
     params:
         settings=finetune_settings,
         code=code_of("finetune"),
-    # One thread: a small model's matmuls scale poorly across threads, so on a small CPU machine two single-thread
-    # fine-tunes side by side finish sooner than two in turn with two threads; the Slurm profile sets its own.
+    # One thread: on a small CPU machine two fine-tunes run side by side (in the default study about as fast as two
+    # in turn with two threads each) and leave no core idle at the end; the Slurm profile sets its own.
     threads: 1
     resources:
         runtime=480,

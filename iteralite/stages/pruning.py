@@ -26,13 +26,8 @@ def score_importance(checkpoint: str, tokens_path: str, criterion: str, expert_c
     criterion is None for random scores (which score experts and blocks randomly too); the seed draws random scores
     and calibration windows."""
     model, _ = load_checkpoint(checkpoint)
-    stats = criteria.CalibrationStats()
-    if calibration:
-        tokens, _ = data.load_tokens(tokens_path)
-        windows = data.TokenWindows(tokens["train"], model.cfg.max_seq, calibration["batch_size"], seed)
-        batches = [windows.next() for _ in range(calibration["batches"])]
-        stats = criteria.calibrate(model, batches, calibration["aux_loss_weight"])
-    scores = criteria.score_groups(model, criterion, stats, seed, expert_criterion)
+    train_tokens = data.load_tokens(tokens_path)[0]["train"] if calibration else None
+    scores = _scores(model, criterion, expert_criterion, seed, train_tokens, calibration)
     save_torch(out_scores, {"criterion": criterion, "scores": scores})
     groups = {g.name: g for g in build_groups(model.cfg)}
     write_csv(out_csv, pd.DataFrame([
@@ -41,6 +36,17 @@ def score_importance(checkpoint: str, tokens_path: str, criterion: str, expert_c
         for name, s in scores.items() for c, v in enumerate(s)
     ]))
     log.info("%s scores for %d groups", criterion, len(scores))
+
+
+def _scores(model, criterion: str, expert_criterion: str | None, seed: int, train_tokens, calibration: dict | None):
+    """Every group's scores; with `calibration`, on calibration batches of `train_tokens` drawn with `seed` (run on a
+    copy, so the model scored stays as it was)."""
+    stats = criteria.CalibrationStats()
+    if calibration:
+        windows = data.TokenWindows(train_tokens, model.cfg.max_seq, calibration["batch_size"], seed)
+        stats = criteria.calibrate(copy.deepcopy(model), [windows.next() for _ in range(calibration["batches"])],
+                                   calibration["aux_loss_weight"])
+    return criteria.score_groups(model, criterion, stats, seed, expert_criterion)
 
 
 def prune(variant: str, criterion: str, target, bounds: dict, round_to: dict, checkpoint: str, scores_path: str,
@@ -68,12 +74,7 @@ def prune_in_steps(variant: str, criterion: str, target: float, steps: int, boun
     teacher = dense if recovery.distill_weight > 0 else None
 
     def rescore(model):
-        stats = criteria.CalibrationStats()
-        if calibration:
-            windows = data.TokenWindows(tokens["train"], model.cfg.max_seq, calibration["batch_size"], seed)
-            stats = criteria.calibrate(copy.deepcopy(model), [windows.next() for _ in range(calibration["batches"])],
-                                       calibration["aux_loss_weight"])
-        return criteria.score_groups(model, criterion, stats, seed, expert_criterion)
+        return _scores(model, criterion, expert_criterion, seed, tokens["train"], calibration)
 
     def recover(model, step):
         log.info("%s: recovering after step %d of %d (%d steps)", variant, step, steps, recovery.max_steps)
