@@ -17,6 +17,8 @@ rule finetune:
     # One thread: on a small CPU machine two fine-tunes run side by side (in the default study about as fast as two
     # in turn with two threads each) and leave no core idle at the end; the Slurm profile sets its own.
     threads: 1
+    # the longest jobs after the baseline start before the small ones (evaluations, quantization), which fill gaps
+    priority: 10
     resources:
         runtime=480,
         # measured peak RSS 1.24-1.36 GB (benchmarks/finetune/*.tsv, max_rss, default study), with a margin

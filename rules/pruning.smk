@@ -12,6 +12,8 @@ rule score_importance:
         settings=lambda w: config_slice(*study.importance_keys(config, w.criterion)),
         code=code_of("score_importance"),
     threads: 2
+    # the fine-tunes wait on scores and pruning: these go first, so that two fine-tunes fill both cores early
+    priority: 20
     conda:
         "../envs/iteralite.yaml"
     log:
@@ -32,6 +34,7 @@ rule prune:
         variant=variant_of,
         settings=prune_settings,
         code=code_of("prune"),
+    priority: 20
     conda:
         "../envs/iteralite.yaml"
     log:
