@@ -11,8 +11,9 @@ rule score_importance:
     params:
         settings=lambda w: config_slice(*study.importance_keys(config, w.criterion)),
         code=code_of("score_importance"),
-    threads: 2
-    # the fine-tunes wait on scores and pruning: these go first, so that two fine-tunes fill both cores early
+    # One thread and a high priority: the fine-tunes wait on scores and pruning, so these go first. With 2 threads a
+    # score waited for both cores while the scheduler kept filling single free cores with small jobs.
+    threads: 1
     priority: 20
     conda:
         "../envs/iteralite.yaml"

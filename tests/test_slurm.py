@@ -9,11 +9,16 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 import yaml
-from conftest import ROOT, copy_project, project_env
+from conftest import ROOT, copy_project, project_env, snakemake
+
+from iteralite.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -63,3 +68,46 @@ def test_tiny_study_on_slurm(cluster, tmp_path):
     assert with_gpu == on_gpu, (with_gpu, on_gpu)  # allocated the GPU resource exactly where it was asked for
     assert rules["prune"] == "cpu" and rules["benchmark"] == "cpu"
     assert "summary" not in rules and "report" not in rules  # local rules run on the submitting host
+
+
+# The control fine-tune of the tiny study, made long: 3600 steps of about 25 ms here, more than its one-minute time
+# limit (the first attempt reached step 1950-2770 here). Only the signal can save its state (no periodic state
+# before the end), so a retry can only resume what SIGTERM saved.
+LONG_FINETUNE = {"seeds": [1], "finetune": {"max_steps": 3600, "max_epochs": 1000, "eval_every": 900,
+                                            "checkpoint_every": 3600, "early_stopping_patience": None}}
+CONTROL = "results/models/finetuned/dense-s1"
+
+
+def test_a_fine_tune_past_its_time_limit_resumes_to_the_same_model(cluster, tmp_path):
+    """Slurm stops the fine-tune at its limit (runtime: 1 minute) with SIGTERM; the loop saves its state, the job
+    ends TIMEOUT, Snakemake's retry resumes it; the model and curve equal those of an uninterrupted run."""
+    workdir = copy_project(tmp_path / "study")
+    (workdir / "config/long_finetune.yaml").write_text(yaml.safe_dump(LONG_FINETUNE))
+    profile = ci_profile(tmp_path / "profile")
+    settings = yaml.safe_load((profile / "config.yaml").read_text())
+    settings["set-resources"]["finetune"]["runtime"] = 1
+    settings["retries"] = 5
+    (profile / "config.yaml").write_text(yaml.safe_dump(settings))
+    configs = ["--configfile", "config/ci.yaml", "config/long_finetune.yaml"]
+    start = time.time()
+    run = subprocess.run(["timeout", "-k", "10", "1200", sys.executable, "-m", "snakemake", "--profile", str(profile),
+                          f"{CONTROL}/model.pt", *configs], cwd=workdir, capture_output=True, text=True,
+                         env=project_env(workdir))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    listing = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "Comment,State", "-S",
+                              time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start - 5))],
+                             capture_output=True, text=True, check=True).stdout
+    attempts = [line.split("|")[1] for line in listing.splitlines() if line.startswith("rule_finetune")]
+    assert attempts[0] == "TIMEOUT" and attempts[-1] == "COMPLETED", attempts
+    log = (workdir / "logs/finetune/dense-s1.log").read_text()
+    assert "resumed from" in log, log[-2000:]
+
+    reference = tmp_path / "reference"
+    shutil.copytree(workdir, reference, symlinks=True)
+    snakemake(reference, "-f", f"{CONTROL}/model.pt", "--cores", "2", "--set-threads", "finetune=2", *configs)
+    assert "resumed from" not in (reference / "logs/finetune/dense-s1.log").read_text()
+    resumed, uninterrupted = (load_checkpoint(d / CONTROL / "model.pt")[0].state_dict() for d in (workdir, reference))
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    curves = [pd.read_csv(d / CONTROL / "curve.csv")[["step", "train_loss", "val_ppl"]] for d in (workdir, reference)]
+    pd.testing.assert_frame_equal(*curves)
