@@ -70,11 +70,11 @@ def test_tiny_study_on_slurm(cluster, tmp_path):
     assert "summary" not in rules and "report" not in rules  # local rules run on the submitting host
 
 
-# The control fine-tune of the tiny study, made long: 3600 steps of about 25 ms here, more than its one-minute time
-# limit (the first attempt reached step 1950-2770 here). Only the signal can save its state (no periodic state
-# before the end), so a retry can only resume what SIGTERM saved.
-LONG_FINETUNE = {"seeds": [1], "finetune": {"max_steps": 3600, "max_epochs": 1000, "eval_every": 900,
-                                            "checkpoint_every": 3600, "early_stopping_patience": None}}
+# The control fine-tune of the tiny study, made long: 4200 steps of about 25 ms here, well past its one-minute time
+# limit (first attempts were stopped at steps 1950-3000 here). Only the signal can save its state (no periodic
+# state before the end), so a retry can only resume what SIGTERM saved.
+LONG_FINETUNE = {"seeds": [1], "finetune": {"max_steps": 4200, "max_epochs": 1000, "eval_every": 1050,
+                                            "checkpoint_every": 4200, "early_stopping_patience": None}}
 CONTROL = "results/models/finetuned/dense-s1"
 
 
