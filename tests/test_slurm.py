@@ -34,31 +34,37 @@ def cluster():
     subprocess.run(["bash", str(ROOT / "tools/slurm-cluster.sh"), "down"], capture_output=True, timeout=60)
 
 
-def ci_profile(dest: Path) -> Path:
+def ci_profile(dest: Path, finetune_minutes: int = 30, retries: int | None = None) -> Path:
     profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
     profile["slurm-init-seconds-before-status-checks"] = 1
     profile["latency-wait"] = 5
+    profile["retries"] = retries or profile["retries"]
     profile["default-resources"].update({"mem_mb": 1500, "cpus_per_task": 1})
     for rule, resources in profile["set-resources"].items():
         assert resources["gres"] == "gpu:1", rule  # kept: the cluster's gres must reach the training jobs
-        resources.update({"cpus_per_task": 2, "mem_mb": 3000, "runtime": 30})
+        minutes = finetune_minutes if rule == "finetune" else 30
+        resources.update({"cpus_per_task": 2, "mem_mb": 3000, "runtime": minutes})
         profile["set-threads"][rule] = 2
     dest.mkdir(parents=True)
     (dest / "config.yaml").write_text(yaml.safe_dump(profile))
     return dest
 
 
+def run_on_slurm(workdir: Path, profile: Path, *args) -> list[list[str]]:
+    """Snakemake with the profile; the sacct rows (Comment, Partition, State, AllocTRES) of the jobs it submitted."""
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
+    run = subprocess.run(["timeout", "-k", "10", "1500", sys.executable, "-m", "snakemake", "--profile", str(profile),
+                          *args], cwd=workdir, capture_output=True, text=True, env=project_env(workdir))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    listing = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "Comment,Partition,State,AllocTRES", "-S", since],
+                             capture_output=True, text=True, check=True).stdout
+    return [line.split("|") for line in listing.splitlines() if line.startswith("rule_")]
+
+
 def test_tiny_study_on_slurm(cluster, tmp_path):
     workdir = copy_project(tmp_path / "study")
-    profile = ci_profile(tmp_path / "profile")
-    cmd = ["timeout", "-k", "10", "1500", sys.executable, "-m", "snakemake", "--profile", str(profile), "all",
-           "--configfile", "config/ci.yaml"]
-    run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=project_env(workdir))
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    rows = run_on_slurm(workdir, ci_profile(tmp_path / "profile"), "all", "--configfile", "config/ci.yaml")
     assert (workdir / "results/report.html").is_file()
-    listing = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "Comment,Partition,State,AllocTRES", "-S",
-                              "now-2hours"], capture_output=True, text=True, check=True).stdout
-    rows = [line.split("|") for line in listing.splitlines() if line.startswith("rule_")]
     assert rows and all(state == "COMPLETED" for _, _, state, _ in rows), rows
     rules = {comment.split("_wildcards_")[0].removeprefix("rule_"): partition for comment, partition, _, _ in rows}
     on_gpu = sorted(c for c, p, _, _ in rows if p == "gpu")
@@ -83,21 +89,10 @@ def test_a_fine_tune_past_its_time_limit_resumes_to_the_same_model(cluster, tmp_
     ends TIMEOUT, Snakemake's retry resumes it; the model and curve equal those of an uninterrupted run."""
     workdir = copy_project(tmp_path / "study")
     (workdir / "config/long_finetune.yaml").write_text(yaml.safe_dump(LONG_FINETUNE))
-    profile = ci_profile(tmp_path / "profile")
-    settings = yaml.safe_load((profile / "config.yaml").read_text())
-    settings["set-resources"]["finetune"]["runtime"] = 1
-    settings["retries"] = 5
-    (profile / "config.yaml").write_text(yaml.safe_dump(settings))
     configs = ["--configfile", "config/ci.yaml", "config/long_finetune.yaml"]
-    start = time.time()
-    run = subprocess.run(["timeout", "-k", "10", "1200", sys.executable, "-m", "snakemake", "--profile", str(profile),
-                          f"{CONTROL}/model.pt", *configs], cwd=workdir, capture_output=True, text=True,
-                         env=project_env(workdir))
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
-    listing = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "Comment,State", "-S",
-                              time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start - 5))],
-                             capture_output=True, text=True, check=True).stdout
-    attempts = [line.split("|")[1] for line in listing.splitlines() if line.startswith("rule_finetune")]
+    profile = ci_profile(tmp_path / "profile", finetune_minutes=1, retries=5)
+    rows = run_on_slurm(workdir, profile, f"{CONTROL}/model.pt", *configs)
+    attempts = [state for comment, _, state, _ in rows if comment.startswith("rule_finetune")]
     assert attempts[0] == "TIMEOUT" and attempts[-1] == "COMPLETED", attempts
     log = (workdir / "logs/finetune/dense-s1.log").read_text()
     assert "resumed from" in log, log[-2000:]
