@@ -5,10 +5,12 @@
 
 The reference builds (l, b, di, n) tensors for the decay, the drive and every state (33.5 MB each per layer at the
 default size), which the allocator maps and faults in again at every step. The fused kernel walks time once per
-(batch row, block of channels), keeps the state of the block in a small buffer, and fuses the C readout: nothing of
-size (l, b, di, n) ever exists. Its backward recomputes the states of one block into a buffer (l x block x n), then
-runs one reverse pass; the parameter gradients are accumulated per batch row and summed by torch afterwards, so
-the result does not depend on the thread count. CUDA tensors and CPUs without numba take the reference.
+(batch row, block of channels), keeps the block's state in a small buffer, computes the decays itself and fuses the C
+readout: nothing of size (l, b, di, n) ever exists. Channels are the innermost loop everywhere: x and delta are
+contiguous along them, and every sum over the state is a vertical add, so LLVM vectorises the loops without
+reassociating anything. Its backward recomputes the block's states and decays into buffers (l x n x block), then
+runs one reverse pass; the parameter gradients are accumulated per batch row and summed by torch afterwards, so the
+result does not depend on the thread count. CUDA tensors and CPUs without numba take the reference.
 """
 
 from __future__ import annotations
@@ -18,11 +20,18 @@ import torch
 
 try:
     import numba
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic, overload
 except ImportError:  # the reference path still works
     numba = None
 
-CHANNEL_BLOCK = 16  # channels per kernel task: its buffers (l x 16 x n) stay in L1/L2
-DECAY_ROWS = 4  # batch rows per kernel call, whose decays torch computes first
+# Channels per kernel task. The forward's loops vectorise at 16; the backward's reverse loop only from 32 on (below
+# that LLVM will not add the run-time alias checks it needs), measured with tools/scan_candidates.py.
+FORWARD_BLOCK = 16
+BACKWARD_BLOCK = 32
+# contract: fused multiply-adds; nothing that reorders a sum, so results stay those of the written order
+FASTMATH = {"contract"}
 
 
 def reference_scan(x, delta, A, B, C, D):
@@ -65,97 +74,139 @@ class LinearRecurrence(torch.autograd.Function):
         return grad_a, grad_b
 
 
-def _forward_task(task, x, delta, decays, Bt, C, D, y):
-    """One batch row x one block of channels. decays = exp(delta * A), (b, l, di, n) for the few batch rows of one
-    call; Bt is B transposed, (di, n): every inner loop over the state runs over contiguous memory."""
-    length, d_inner = x.shape[1], x.shape[2]
-    n = Bt.shape[1]
-    blocks = (d_inner + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
-    b, first = task // blocks, (task % blocks) * CHANNEL_BLOCK
-    width = min(CHANNEL_BLOCK, d_inner - first)
-    h = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)
+def exp_fast(v):
+    """exp, inside the kernels: for float32 a polynomial that LLVM vectorises (within 1 ulp of exp on
+    [-87.33, 88]; below, the smallest normal float instead of a subnormal or 0), for float64 libm's exp."""
+    return np.exp(v)
+
+
+if numba is not None:
+    @intrinsic
+    def _float32_from_bits(typingctx, bits):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.FloatType())
+        return types.float32(types.int32), codegen
+
+    @overload(exp_fast, fastmath=FASTMATH)
+    def _exp_fast(v):
+        if v != types.float32:
+            return lambda v: np.exp(v)
+
+        def exp_float32(v):  # Cody-Waite reduction to r in [-ln2/2, ln2/2], degree-7 polynomial, 2^n from its bits
+            v = min(max(v, np.float32(-87.33)), np.float32(88.0))
+            n = np.floor(v * np.float32(1.442695041) + np.float32(0.5))
+            r = v - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
+            p = np.float32(1.9875691500e-4)
+            p = p * r + np.float32(1.3981999507e-3)
+            p = p * r + np.float32(8.3334519073e-3)
+            p = p * r + np.float32(4.1665795894e-2)
+            p = p * r + np.float32(1.6666665459e-1)
+            p = p * r + np.float32(5.0000001201e-1)
+            p = p * r * r + r + np.float32(1.0)
+            return p * _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+        return exp_float32
+
+
+def _task_channels(task, d_inner, block):
+    """Task -> (batch row, first channel, channels in the block): tasks run over batch rows x blocks of channels."""
+    blocks = (d_inner + block - 1) // block
+    first = (task % blocks) * block
+    return task // blocks, first, min(block, d_inner - first)
+
+
+def _forward_task(task, x, delta, A, B, Ct, D, y):
+    """One batch row x one block of channels. B and Ct: (n, di), contiguous along the channels. The block's
+    buffers are padded to FORWARD_BLOCK channels so every inner loop has the same, vectorisable trip count."""
+    length, d_inner, n = x.shape[1], x.shape[2], A.shape[0]
+    b, first, width = _task_channels(task, d_inner, FORWARD_BLOCK)
+    B_block, C_block = np.zeros((n, FORWARD_BLOCK), x.dtype), np.zeros((n, FORWARD_BLOCK), x.dtype)
+    B_block[:, :width], C_block[:, :width] = B[:, first:first + width], Ct[:, first:first + width]
+    h = np.zeros((n, FORWARD_BLOCK), x.dtype)
+    dt, xt, acc = np.zeros(FORWARD_BLOCK, x.dtype), np.zeros(FORWARD_BLOCK, x.dtype), np.zeros(FORWARD_BLOCK, x.dtype)
     for t in range(length):
-        for c in range(width):
-            d = first + c
-            dt, xt = delta[b, t, d], x[b, t, d]
-            acc = D[d] * xt
-            for k in range(n):
-                state = decays[b, t, d, k] * h[c, k] + dt * Bt[d, k] * xt
-                h[c, k] = state
-                acc += C[d, k] * state
-            y[b, t, d] = acc
-
-
-def _backward_task(task, x, delta, decays, A, Bt, C, D, grad_y, grad_x, grad_delta, grad_A, grad_Bt, grad_C, grad_D):
-    """One batch row x one block of channels. grad_x, grad_delta: (b, l, di); per batch row: grad_A, grad_Bt,
-    grad_C (b, di, n), grad_D (b, di), summed over b by the caller. The block's parameter gradients accumulate in
-    small buffers and are written once."""
-    length, d_inner = x.shape[1], x.shape[2]
-    n = A.shape[0]
-    blocks = (d_inner + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
-    b, first = task // blocks, (task % blocks) * CHANNEL_BLOCK
-    width = min(CHANNEL_BLOCK, d_inner - first)
-    states = np.zeros((length + 1, CHANNEL_BLOCK, n), dtype=x.dtype)  # states[t + 1] = h_t, states[0] = 0
-    for t in range(length):  # recompute the block's states
-        for c in range(width):
-            d = first + c
-            dt, xt = delta[b, t, d], x[b, t, d]
-            for k in range(n):
-                states[t + 1, c, k] = decays[b, t, d, k] * states[t, c, k] + dt * Bt[d, k] * xt
-    carry = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)  # dL/dh_t through h_{t+1}
-    g_A = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)
-    g_B = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)
-    g_C = np.zeros((CHANNEL_BLOCK, n), dtype=x.dtype)
-    g_D = np.zeros(CHANNEL_BLOCK, dtype=x.dtype)
-    for t in range(length - 1, -1, -1):
-        for c in range(width):
-            d = first + c
-            dt, xt, gy = delta[b, t, d], x[b, t, d], grad_y[b, t, d]
-            gx = gy * D[d]
-            gdelta = gx * 0  # of x's dtype
-            g_D[c] += gy * xt
-            for k in range(n):
-                decay = decays[b, t, d, k]
-                g = carry[c, k] + gy * C[d, k]  # dL/dh_t
-                g_C[c, k] += gy * states[t + 1, c, k]
-                g_decay = g * states[t, c, k] * decay  # dL/d(delta_t * A) through the decay
-                gdelta += g_decay * A[k] + g * Bt[d, k] * xt
-                gx += g * dt * Bt[d, k]
-                g_A[c, k] += g_decay * dt
-                g_B[c, k] += g * dt * xt
-                carry[c, k] = g * decay
-            grad_x[b, t, d] = gx
-            grad_delta[b, t, d] = gdelta
-    for c in range(width):
-        grad_D[b, first + c] = g_D[c]
+        dt[:width], xt[:width] = delta[b, t, first:first + width], x[b, t, first:first + width]
+        for c in range(FORWARD_BLOCK):
+            acc[c] = 0
         for k in range(n):
-            grad_A[b, first + c, k] = g_A[c, k]
-            grad_Bt[b, first + c, k] = g_B[c, k]
-            grad_C[b, first + c, k] = g_C[c, k]
+            a = A[k]
+            for c in range(FORWARD_BLOCK):
+                state = exp_fast(dt[c] * a) * h[k, c] + dt[c] * xt[c] * B_block[k, c]
+                h[k, c] = state
+                acc[c] += C_block[k, c] * state
+        for c in range(width):
+            y[b, t, first + c] = acc[c] + D[first + c] * xt[c]
 
 
-def _tasks(x):
+def _backward_task(task, x, delta, A, B, Ct, D, grad_y, grad_x, grad_delta, grad_A, grad_B, grad_C, grad_D):
+    """One batch row x one block of channels. grad_x, grad_delta: (b, l, di); per batch row: grad_A, grad_B,
+    grad_C (b, n, di), grad_D (b, di), summed over b by the caller. The block's parameter gradients accumulate in
+    small buffers and are written once."""
+    length, d_inner, n = x.shape[1], x.shape[2], A.shape[0]
+    b, first, width = _task_channels(task, d_inner, BACKWARD_BLOCK)
+    B_block, C_block = np.zeros((n, BACKWARD_BLOCK), x.dtype), np.zeros((n, BACKWARD_BLOCK), x.dtype)
+    B_block[:, :width], C_block[:, :width] = B[:, first:first + width], Ct[:, first:first + width]
+    dt, xt, gy = np.zeros(BACKWARD_BLOCK, x.dtype), np.zeros(BACKWARD_BLOCK, x.dtype), np.zeros(BACKWARD_BLOCK, x.dtype)
+    states = np.zeros((length + 1, n, BACKWARD_BLOCK), x.dtype)  # states[t + 1] = h_t, states[0] = 0
+    decays = np.empty((length, n, BACKWARD_BLOCK), x.dtype)
+    for t in range(length):  # recompute the block's decays and states
+        dt[:width], xt[:width] = delta[b, t, first:first + width], x[b, t, first:first + width]
+        for k in range(n):
+            a = A[k]
+            for c in range(BACKWARD_BLOCK):
+                decay = exp_fast(dt[c] * a)
+                decays[t, k, c] = decay
+                states[t + 1, k, c] = decay * states[t, k, c] + dt[c] * xt[c] * B_block[k, c]
+    carry = np.zeros((n, BACKWARD_BLOCK), x.dtype)  # dL/dh_t through h_{t+1}
+    g_A, g_B, g_C = np.zeros_like(carry), np.zeros_like(carry), np.zeros_like(carry)
+    gx, gdelta = np.zeros(BACKWARD_BLOCK, x.dtype), np.zeros(BACKWARD_BLOCK, x.dtype)
+    for t in range(length - 1, -1, -1):
+        dt[:width], xt[:width] = delta[b, t, first:first + width], x[b, t, first:first + width]
+        gy[:width] = grad_y[b, t, first:first + width]
+        for c in range(BACKWARD_BLOCK):
+            gx[c], gdelta[c] = 0, 0
+        for k in range(n):
+            a = A[k]
+            for c in range(BACKWARD_BLOCK):
+                decay = decays[t, k, c]
+                g = carry[k, c] + gy[c] * C_block[k, c]  # dL/dh_t
+                g_C[k, c] += gy[c] * states[t + 1, k, c]
+                g_decay = g * states[t, k, c] * decay  # dL/d(delta_t * A) through the decay
+                gdelta[c] += g_decay * a + g * B_block[k, c] * xt[c]
+                gx[c] += g * dt[c] * B_block[k, c]
+                g_A[k, c] += g_decay * dt[c]
+                g_B[k, c] += g * dt[c] * xt[c]
+                carry[k, c] = g * decay
+        for c in range(width):
+            grad_x[b, t, first + c] = gx[c] + gy[c] * D[first + c]
+            grad_delta[b, t, first + c] = gdelta[c]
+    grad_D[b, first:first + width] = (grad_y[b, :, first:first + width] * x[b, :, first:first + width]).sum(0)
+    grad_A[b, :, first:first + width] = g_A[:, :width]
+    grad_B[b, :, first:first + width] = g_B[:, :width]
+    grad_C[b, :, first:first + width] = g_C[:, :width]
+
+
+def _tasks(x, block):
     """Batch rows x blocks of channels."""
-    return x.shape[0] * ((x.shape[2] + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK)
+    return x.shape[0] * ((x.shape[2] + block - 1) // block)
 
 
 def _forward_serial(x, *args):
-    for task in range(_tasks(x)):
+    for task in range(_tasks(x, FORWARD_BLOCK)):
         _forward_task(task, x, *args)
 
 
 def _forward_parallel(x, *args):
-    for task in numba.prange(_tasks(x)):
+    for task in numba.prange(_tasks(x, FORWARD_BLOCK)):
         _forward_task(task, x, *args)
 
 
 def _backward_serial(x, *args):
-    for task in range(_tasks(x)):
+    for task in range(_tasks(x, BACKWARD_BLOCK)):
         _backward_task(task, x, *args)
 
 
 def _backward_parallel(x, *args):
-    for task in numba.prange(_tasks(x)):
+    for task in numba.prange(_tasks(x, BACKWARD_BLOCK)):
         _backward_task(task, x, *args)
 
 
@@ -164,8 +215,9 @@ def _backward_parallel(x, *args):
 # jobs side by side on 2 cores each took 40 s instead of 3 s.
 KERNELS = {}
 if numba is not None:
-    _forward_task = numba.njit(cache=True)(_forward_task)
-    _backward_task = numba.njit(cache=True)(_backward_task)
+    _task_channels = numba.njit(cache=True)(_task_channels)
+    _forward_task = numba.njit(cache=True, fastmath=FASTMATH)(_forward_task)
+    _backward_task = numba.njit(cache=True, fastmath=FASTMATH)(_backward_task)
     _tasks = numba.njit(cache=True)(_tasks)
     KERNELS = {
         False: (numba.njit(cache=True)(_forward_serial),
@@ -176,45 +228,30 @@ if numba is not None:
 
 
 def _arrays(*tensors):
-    return [t.detach().contiguous().numpy() if isinstance(t, torch.Tensor) else t for t in tensors]
+    return [t.detach().contiguous().numpy() for t in tensors]
 
 
 class FusedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, delta, A, B, C, D):
-        x, delta, Bt = x.contiguous(), delta.contiguous(), B.t().contiguous()
+        x, delta, Ct = x.contiguous(), delta.contiguous(), C.t().contiguous()
         y = torch.empty_like(x)
         forward_kernel, _ = _kernels()
-        for rows, decays in _decays_by_rows(delta, A):
-            forward_kernel(*_arrays(x[rows], delta[rows], decays, Bt, C, D), y[rows].numpy())
-        ctx.save_for_backward(x, delta, A, Bt, C, D)
+        forward_kernel(*_arrays(x, delta, A, B, Ct, D), y.numpy())
+        ctx.save_for_backward(x, delta, A, B, Ct, D)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, delta, A, Bt, C, D = ctx.saved_tensors
-        grad_y = grad_y.contiguous()
+        x, delta, A, B, Ct, D = ctx.saved_tensors
         bsz, _, d_inner = x.shape
         grad_x, grad_delta = torch.empty_like(x), torch.empty_like(delta)
-        grad_A, grad_Bt, grad_C = (x.new_empty(bsz, d_inner, A.shape[0]) for _ in range(3))
+        grad_A, grad_B, grad_C = (x.new_empty(bsz, A.shape[0], d_inner) for _ in range(3))
         grad_D = x.new_empty(bsz, d_inner)
         _, backward_kernel = _kernels()
-        for rows, decays in _decays_by_rows(delta, A):
-            backward_kernel(*_arrays(x[rows], delta[rows], decays, A, Bt, C, D, grad_y[rows]),
-                             *(g[rows].numpy() for g in (grad_x, grad_delta, grad_A, grad_Bt, grad_C, grad_D)))
-        return grad_x, grad_delta, grad_A.sum((0, 1)), grad_Bt.sum(0).t(), grad_C.sum(0), grad_D.sum(0)
-
-
-def _decays_by_rows(delta, A):
-    """exp(delta * A) for DECAY_ROWS batch rows at a time: torch's vectorised exp, on one buffer that stays small
-    (4 x 128 x 256 x 8 float32 = 4 MB at the default size) and is reused, so no call maps fresh memory."""
-    bsz, length, d_inner = delta.shape
-    buffer = delta.new_empty(min(DECAY_ROWS, bsz), length, d_inner, A.shape[0])
-    for start in range(0, bsz, DECAY_ROWS):
-        rows = slice(start, min(start + DECAY_ROWS, bsz))
-        decays = buffer[: rows.stop - start]
-        torch.mul(delta[rows].unsqueeze(-1), A, out=decays)
-        yield rows, decays.exp_().numpy()
+        backward_kernel(*_arrays(x, delta, A, B, Ct, D, grad_y),
+                        *(g.numpy() for g in (grad_x, grad_delta, grad_A, grad_B, grad_C, grad_D)))
+        return grad_x, grad_delta, grad_A.sum((0, 2)), grad_B.sum(0), grad_C.sum(0).t(), grad_D.sum(0)
 
 
 def _kernels():
