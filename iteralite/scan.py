@@ -76,7 +76,8 @@ class LinearRecurrence(torch.autograd.Function):
 
 def exp_fast(v):
     """exp, inside the kernels: for float32 a polynomial that LLVM vectorises (within 1 ulp of exp on
-    [-87.33, 88]; below, the smallest normal float instead of a subnormal or 0), for float64 libm's exp."""
+    [-87.33, 88]; below, exp(-87.33), about the smallest normal float, instead of a subnormal or 0), for float64
+    libm's exp."""
     return np.exp(v)
 
 
