@@ -126,12 +126,22 @@ class SSMBlock(nn.Module):
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)  # rows [0, di) -> x, [di, 2di) -> z
         self.conv1d = nn.Conv1d(d_inner, d_inner, cfg.d_conv, groups=d_inner)  # causal: left pad in forward
         self.delta_proj = nn.Linear(d_inner, d_inner)
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, cfg.d_state + 1, dtype=torch.float32)))
-        self.B = nn.Parameter(torch.randn(cfg.d_state, d_inner) / math.sqrt(cfg.d_state))
-        self.C = nn.Parameter(torch.randn(d_inner, cfg.d_state) / math.sqrt(cfg.d_state))
-        self.D = nn.Parameter(torch.ones(d_inner))
+        self.A_log = nn.Parameter(torch.empty(cfg.d_state))
+        self.B = nn.Parameter(torch.empty(cfg.d_state, d_inner))
+        self.C = nn.Parameter(torch.empty(d_inner, cfg.d_state))
+        self.D = nn.Parameter(torch.empty(d_inner))
+        if not self.D.is_meta:  # on the meta device (checkpoints being rebuilt) the init would import torch's compiler
+            self._init_state_space()
         self.inner_norm = RMSNorm(d_inner, cfg.norm_ref_d_inner)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    @torch.no_grad()
+    def _init_state_space(self):  # S4D-real: A = -(1, 2, ..., d_state)
+        d_state = self.A_log.shape[0]
+        self.A_log.copy_(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)))
+        self.B.copy_(torch.randn(self.B.shape) / math.sqrt(d_state))
+        self.C.copy_(torch.randn(self.C.shape) / math.sqrt(d_state))
+        self.D.fill_(1.0)
 
     def forward(self, u):  # (b, l, d) -> (b, l, d)
         x, z = self.in_proj(self.norm(u)).split(self.d_inner, dim=-1)
@@ -205,13 +215,19 @@ class MoEBlock(nn.Module):
         return u + out.view_as(u), balance
 
 
+def _embedding(rows: int, dim: int) -> nn.Embedding:
+    """An embedding without nn.Embedding's own init (IteraLite._init_weights sets its weights): on the meta device,
+    where checkpoints are rebuilt, that init's normal_ imports torch's compiler stack, 1.5 s in every job."""
+    return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
+
+
 class IteraLite(nn.Module):
     def __init__(self, cfg: IteraLiteConfig):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.tok_emb = nn.Embedding(cfg.vocab_size, d)
-        self.pos_emb = nn.Embedding(cfg.max_seq, d)
+        self.tok_emb = _embedding(cfg.vocab_size, d)
+        self.pos_emb = _embedding(cfg.max_seq, d)
         self.layers = nn.ModuleList()
         for i in range(cfg.n_layers):
             blocks = {}
@@ -225,7 +241,7 @@ class IteraLite(nn.Module):
 
     @staticmethod
     def _init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, (nn.Linear, nn.Embedding)) and not module.weight.is_meta:
             nn.init.normal_(module.weight, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
