@@ -93,7 +93,7 @@ if numba is not None:
         if v != types.float32:
             return lambda v: np.exp(v)
 
-        def exp_float32(v):  # Cody-Waite reduction to r in [-ln2/2, ln2/2], degree-7 polynomial, 2^n from its bits
+        def exp_float32(v):  # Cephes expf: Cody-Waite reduction to r in [-ln2/2, ln2/2], its polynomial; 2^n from bits
             v = min(max(v, np.float32(-87.33)), np.float32(88.0))
             n = np.floor(v * np.float32(1.442695041) + np.float32(0.5))
             r = v - n * np.float32(0.693359375) + n * np.float32(2.12194440e-4)
