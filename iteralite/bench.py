@@ -54,18 +54,27 @@ def _time_forward(model, batch) -> float:
     return time.perf_counter() - start
 
 
+TIMED_STEPS = 8  # one step takes milliseconds: a block of steps is timed to keep clock jitter out of the figure
+
+
 @torch.no_grad()
-def _time_step(model, prompt, context: int, timed: int = 8) -> float:
-    """Seconds per generation step over the last `timed` steps up to position context-1, after an untimed prefill:
-    one step takes milliseconds, so a block of steps is timed to keep clock jitter out of the figure."""
-    timed = min(timed, context)
+def _prefill(model, prompt, context: int):
+    """The recurrent cache of the prompt's tokens before the timed block that ends at position context-1 (step
+    returns a new cache and never changes the one it is given, so every repeat starts from this one)."""
     cache = model.empty_cache(prompt.shape[0])
-    for position in range(context - timed):
+    for position in range(max(0, context - TIMED_STEPS)):
         _, cache = model.step(prompt[:, position], position, cache)
+    return cache
+
+
+@torch.no_grad()
+def _time_step(model, prompt, context: int, cache) -> float:
+    """Seconds per generation step over the last steps up to position context-1, from the prefilled `cache`."""
+    first = max(0, context - TIMED_STEPS)
     start = time.perf_counter()
-    for position in range(context - timed, context):
+    for position in range(first, context):
         _, cache = model.step(prompt[:, position], position, cache)
-    return (time.perf_counter() - start) / timed
+    return (time.perf_counter() - start) / (context - first)
 
 
 def measure(models: dict, test_tokens: torch.Tensor, batch_size: int, repeats: int,
@@ -77,14 +86,15 @@ def measure(models: dict, test_tokens: torch.Tensor, batch_size: int, repeats: i
     prompt = batch[:1]
     forward = {name: [] for name in models}
     steps = {(name, c): [] for name in models for c in contexts}
-    for model in models.values():  # warm-up: first calls pay for allocation and kernel packing
+    caches = {(name, c): _prefill(model, prompt, c) for name, model in models.items() for c in contexts}
+    for name, model in models.items():  # warm-up: first calls pay for allocation and kernel packing
         _time_forward(model, batch)
-        _time_step(model, prompt, contexts[0])
+        _time_step(model, prompt, contexts[0], caches[(name, contexts[0])])
     for _ in range(repeats):
         for name, model in models.items():
             forward[name].append(_time_forward(model, batch))
             for c in contexts:
-                steps[(name, c)].append(_time_step(model, prompt, c))
+                steps[(name, c)].append(_time_step(model, prompt, c, caches[(name, c)]))
     threads = torch.get_num_threads()
     speed = pd.DataFrame([
         {"model": name, "tokens_per_s": batch.numel() / statistics.median(forward[name]),

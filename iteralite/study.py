@@ -101,7 +101,7 @@ def variant(config: dict, stage: str, name: str) -> dict:
 def plan_for(config: dict, target) -> dict:
     p = config["pruning"]
     try:
-        return plan_target(model_config(config), target, p["bounds"], p["round_to"])
+        return plan_target(model_config(config), target, p["bounds"], p["round_to"], p["pressure"])
     except PlanError as err:
         raise ConfigError(str(err)) from None
 

@@ -105,11 +105,11 @@ def prune_inputs(wildcards):
 
 
 def prune_settings(wildcards):
-    """The bounds and rounding; a schedule in steps adds what its rescoring and recovery read."""
+    """The planner's bounds, rounding and pressure; a schedule in steps adds what its rescoring and recovery read."""
     variant = variant_of(wildcards)
     if variant["steps"] == 1:
-        return config_slice("pruning.bounds", "pruning.round_to")
-    keys = ["pruning.bounds", "pruning.round_to", "pruning.recovery_steps", "finetune"]
+        return config_slice("pruning.bounds", "pruning.round_to", "pruning.pressure")
+    keys = ["pruning.bounds", "pruning.round_to", "pruning.pressure", "pruning.recovery_steps", "finetune"]
     keys += study.importance_keys(config, variant["criterion"])
     return config_slice(*keys, drop=["finetune.control", "finetune.methods", "finetune.max_steps"])
 

@@ -7,8 +7,8 @@ params, inp, out = snakemake.params, snakemake.input, snakemake.output  # noqa: 
 variant, settings, name = params.variant, params.settings, snakemake.wildcards.variant  # noqa: F821
 shape = settings["pruning"]
 if variant["steps"] == 1:
-    pruning.prune(name, variant["criterion"], variant["target"], shape["bounds"], shape["round_to"], inp.checkpoint,
-                  inp.scores, out.checkpoint, out.stats)
+    pruning.prune(name, variant["criterion"], variant["target"], shape["bounds"], shape["round_to"],
+                  shape["pressure"], inp.checkpoint, inp.scores, out.checkpoint, out.stats)
 else:
     calibration = None
     if "calibration_batches" in shape:
@@ -17,5 +17,5 @@ else:
     recovery = TrainConfig.from_dict({**settings["finetune"], "max_steps": shape["recovery_steps"],
                                       "eval_every": shape["recovery_steps"], "seed": variant["seed"]})
     pruning.prune_in_steps(name, variant["criterion"], variant["target"], variant["steps"], shape["bounds"],
-                           shape["round_to"], inp.checkpoint, inp.scores, inp.tokens, calibration,
+                           shape["round_to"], shape["pressure"], inp.checkpoint, inp.scores, inp.tokens, calibration,
                            shape.get("expert_criterion"), variant["seed"], recovery, out.checkpoint, out.stats)

@@ -111,6 +111,17 @@ def test_global_target_is_met_within_bounds():
     assert all(plan["ratios"][k] <= bounds[k] for k in bounds)
 
 
+def test_pressure_cuts_a_kind_deeper_at_the_same_target():
+    cfg = IteraLiteConfig()
+    bounds = {"width": 0.5, "ssm_channels": 0.75, "expert_hidden": 0.75, "experts": 0.5}
+    round_to = {"width": 32, "ssm_channels": 32, "expert_hidden": 16}
+    even = planner.plan_target(cfg, 0.4, bounds, round_to)
+    leaning = planner.plan_target(cfg, 0.4, bounds, round_to, {"ssm_channels": 1.5})
+    assert (even["ratios"]["ssm_channels"], leaning["ratios"]["ssm_channels"]) == (0.375, 0.5)
+    assert 0.4 <= leaning["removed_fraction"] < 0.45
+    assert leaning["ratios"]["expert_hidden"] < even["ratios"]["expert_hidden"]
+
+
 def test_plan_preset_removes_far_less_than_promised():
     plan = planner.plan_target(IteraLiteConfig(), "plan", {}, {"ssm_channels": 32, "expert_hidden": 16})
     assert 0.15 < plan["removed_fraction"] < 0.2  # the original plan promised 0.40
@@ -197,7 +208,7 @@ def test_pruning_in_steps_ends_where_one_shot_does_and_recovers_between_steps():
         recovered.append((step, count_parameters(model)))
         return model
 
-    in_steps = schedule.prune_in_steps(dense, 0.5, 3, bounds, round_to, l1(dense), l1, recover)
+    in_steps = schedule.prune_in_steps(dense, 0.5, 3, bounds, round_to, {}, l1(dense), l1, recover)
     plan = planner.plan_target(cfg, 0.5, bounds, round_to)
     one_shot = surgery.prune(dense, surgery.choose_kept(l1(dense), planner.plan_counts(cfg, plan["ratios"], round_to)))
     assert in_steps.cfg.to_dict() == one_shot.cfg.to_dict()  # the same shapes at the end

@@ -143,6 +143,9 @@ CONFIG_CHANGES = {
     # the two new variants only: no retraining, no rescoring, the existing variants untouched
     "pruning:\n  targets: [0.4, 0.3]\n": {"prune": 4, "finetune": 8, "quantize": 8, "evaluate": 20,
                                           **AFTER_FINETUNE},
+    # every prune and what follows; the scores do not depend on the allocation
+    "pruning:\n  pressure:\n    ssm_channels: 1.0\n": {"prune": 4, "finetune": 8, "quantize": 8, "evaluate": 20,
+                                                       **AFTER_FINETUNE},
     "quantize:\n  group_size: 64\n": {"quantize": 11, "evaluate": 11, **AFTER_FINETUNE},
     # a third seed: its own scores, pruned and fine-tuned models; speed is measured on the first seed only
     "seeds: [1, 2, 3]\n": {"score_importance": 2, "prune": 2, "finetune": 5, "quantize": 5, "evaluate": 12,

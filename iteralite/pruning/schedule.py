@@ -18,13 +18,13 @@ from .surgery import choose_kept, prune
 Scores = dict[str, torch.Tensor]
 
 
-def prune_in_steps(dense: IteraLite, target: float, steps: int, bounds: dict, round_to: dict, first_scores: Scores,
-                   rescore: Callable[[IteraLite], Scores], recover: Callable[[IteraLite, int], IteraLite]) -> IteraLite:
+def prune_in_steps(dense: IteraLite, target: float, steps: int, bounds: dict, round_to: dict, pressure: dict,
+                   first_scores: Scores, rescore: Callable[[IteraLite], Scores], recover: Callable[[IteraLite, int], IteraLite]) -> IteraLite:
     """The dense model pruned to `target` in `steps` steps. `first_scores` score the dense model; `rescore(model)`
     scores an intermediate one; `recover(model, step)` fine-tunes it between steps."""
     model = dense
     for step in range(1, steps + 1):
-        plan = plan_target(dense.cfg, target * step / steps, bounds, round_to)
+        plan = plan_target(dense.cfg, target * step / steps, bounds, round_to, pressure)
         counts = plan_counts(dense.cfg, plan["ratios"], plan["round_to"])
         scores = first_scores if step == 1 else rescore(model)
         # Group names are the dense model's (experts renumbered after removals keep their layer's uniform count);

@@ -49,11 +49,11 @@ def _scores(model, criterion: str, expert_criterion: str | None, seed: int, trai
     return criteria.score_groups(model, criterion, stats, seed, expert_criterion)
 
 
-def prune(variant: str, criterion: str, target, bounds: dict, round_to: dict, checkpoint: str, scores_path: str,
-          out_checkpoint: str, out_stats: str) -> None:
+def prune(variant: str, criterion: str, target, bounds: dict, round_to: dict, pressure: dict, checkpoint: str,
+          scores_path: str, out_checkpoint: str, out_stats: str) -> None:
     """One shot: the dense model pruned to the target's plan, keeping the highest-scoring channels."""
     dense, meta = load_checkpoint(checkpoint)
-    plan = planner.plan_target(dense.cfg, target, bounds, round_to)
+    plan = planner.plan_target(dense.cfg, target, bounds, round_to, pressure)
     counts = planner.plan_counts(dense.cfg, plan["ratios"], plan["round_to"])
     scores = load_torch(scores_path, "importance scores")["scores"]
     kept = surgery.choose_kept(scores, counts)
@@ -63,7 +63,7 @@ def prune(variant: str, criterion: str, target, bounds: dict, round_to: dict, ch
 
 
 def prune_in_steps(variant: str, criterion: str, target: float, steps: int, bounds: dict, round_to: dict,
-                   checkpoint: str, scores_path: str, tokens_path: str, calibration: dict | None,
+                   pressure: dict, checkpoint: str, scores_path: str, tokens_path: str, calibration: dict | None,
                    expert_criterion: str | None, seed: int, recovery: TrainConfig, out_checkpoint: str,
                    out_stats: str) -> None:
     """The target in `steps` steps: rescored on calibration batches of the model as it is (random: redrawn), and
@@ -82,8 +82,9 @@ def prune_in_steps(variant: str, criterion: str, target: float, steps: int, boun
         return model.cpu().eval()
 
     first = load_torch(scores_path, "importance scores")["scores"]
-    pruned = schedule.prune_in_steps(dense, target, steps, bounds, round_to, first, rescore, recover)
-    plan = planner.plan_target(dense.cfg, target, bounds, round_to)
+    pruned = schedule.prune_in_steps(dense, target, steps, bounds, round_to, pressure, first, rescore,
+                                     recover)
+    plan = planner.plan_target(dense.cfg, target, bounds, round_to, pressure)
     # Kept channels per dense group, by name (an expert renumbered after removals counts under its new index).
     final = {g.name: g.size for g in build_groups(pruned.cfg)}
     _write(variant, criterion, target, plan, dense, meta, pruned, final, checkpoint, out_checkpoint, out_stats)

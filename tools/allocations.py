@@ -1,10 +1,11 @@
-"""Side experiment: the same parameter target with and without depth pruning, after the default study has run.
+"""Side experiment: the same parameter target allocated in different ways, after the default study has run.
 
-For each allocation (width and channels only; MoE blocks allowed; SSM blocks allowed), prunes the study's baseline by
-Taylor importance, measures test perplexity before and after a distilled fine-tune of the default recipe, and the
-pruned model's batched throughput against the baseline's, side by side in one process.
+For each allocation (an even cut of widths and channels; the SSM channels cut deeper by pressure; MoE blocks allowed;
+SSM blocks allowed), prunes the study's baseline by Taylor importance, measures test perplexity before and after a
+distilled fine-tune of the default recipe, and the pruned model's batched throughput against the baseline's, side by
+side in one process.
 
-Usage: python tools/depth_vs_width.py [fine-tune steps] [target]   (after `make run`; defaults 100 and 0.4)
+Usage: python tools/allocations.py [fine-tune steps] [target]   (after `make run`; defaults 100 and 0.4)
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from iteralite.data import TokenWindows, load_tokens
 from iteralite.pruning import criteria, planner, surgery
 from iteralite.train import TrainConfig, perplexity, train
 
-ALLOCATIONS = {
-    "width and channels only": {},
-    "MoE blocks may go (bound 0.25)": {"moe_blocks": 0.25},
-    "SSM and MoE blocks may go (0.25)": {"ssm_blocks": 0.25, "moe_blocks": 0.25},
+EVEN = {k: 1.0 for k in planner.KINDS}
+ALLOCATIONS = {  # label -> (bounds over the study's, pressure)
+    "widths and channels, even": ({}, EVEN),
+    "SSM channels at pressure 1.5": ({}, {**EVEN, "ssm_channels": 1.5}),
+    "MoE blocks may go (bound 0.25)": ({"moe_blocks": 0.25}, EVEN),
+    "SSM and MoE blocks may go (0.25)": ({"ssm_blocks": 0.25, "moe_blocks": 0.25}, EVEN),
 }
 
 
@@ -42,9 +45,9 @@ def main(steps: int, target: float) -> None:
     print("skip loss per block:", ", ".join(f"{kind[:3]}{layer} {v:.3f}" for (kind, layer), v in skips))
     base_ppl = perplexity(dense, tokens["test"], config["evaluate"]["test_tokens"])
     recipe = TrainConfig.from_dict({**config["finetune"], "max_steps": steps, "seed": seed})
-    for label, depth in ALLOCATIONS.items():
+    for label, (depth, pressure) in ALLOCATIONS.items():
         bounds = {**pruning["bounds"], **depth}
-        plan = planner.plan_target(dense.cfg, target, bounds, pruning["round_to"])
+        plan = planner.plan_target(dense.cfg, target, bounds, pruning["round_to"], pressure)
         counts = planner.plan_counts(dense.cfg, plan["ratios"], plan["round_to"])
         pruned = surgery.prune(dense, surgery.choose_kept(scores, counts)).eval()
         before = perplexity(pruned, tokens["test"], config["evaluate"]["test_tokens"])
@@ -53,7 +56,8 @@ def main(steps: int, target: float) -> None:
         tuned, _ = train(pruned.train(), tokens["train"], tokens["validation"], recipe, None, dense,
                          torch.device("cpu"))
         after = perplexity(tuned.eval(), tokens["test"], config["evaluate"]["test_tokens"])
-        print(f"{label}: {plan['removed_fraction']:.1%} removed, blocks kept {counts['ssm_blocks']} SSM "
+        cut = ", ".join(f"{kind} {ratio:.1%}" for kind, ratio in plan["ratios"].items() if ratio)
+        print(f"{label}: {plan['removed_fraction']:.1%} removed ({cut}), blocks kept {counts['ssm_blocks']} SSM "
               f"{counts['moe_blocks']} MoE; test ppl {before:.1f} pruned, {after:.2f} fine-tuned "
               f"({after / base_ppl - 1:+.1%} vs the baseline's {base_ppl:.2f}); throughput "
               f"{per_s['pruned'] / per_s['dense']:.2f}x the baseline's")
