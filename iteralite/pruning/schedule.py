@@ -19,7 +19,8 @@ Scores = dict[str, torch.Tensor]
 
 
 def prune_in_steps(dense: IteraLite, target: float, steps: int, bounds: dict, round_to: dict, pressure: dict,
-                   first_scores: Scores, rescore: Callable[[IteraLite], Scores], recover: Callable[[IteraLite, int], IteraLite]) -> IteraLite:
+                   first_scores: Scores, rescore: Callable[[IteraLite], Scores],
+                   recover: Callable[[IteraLite, int], IteraLite]) -> IteraLite:
     """The dense model pruned to `target` in `steps` steps. `first_scores` score the dense model; `rescore(model)`
     scores an intermediate one; `recover(model, step)` fine-tunes it between steps."""
     model = dense
