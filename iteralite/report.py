@@ -332,7 +332,7 @@ def findings(families: pd.DataFrame) -> list[str]:
                   else "extra training alone does not improve the baseline")
         out.append(f"The dense control (the baseline fine-tuned with the same recipe and budget) reaches "
                    f"{_ppl_text(c)}, {vs_base(c)}: {effect}; {label} is {best['test_ppl'] / c['test_ppl'] - 1:+.1%} "
-                   "against it.")
+                   f"against it; {_verdict(best, c)}.")
     methods = tuned[(tuned["criterion"] == best["criterion"]) & (tuned["target"] == best["target"])
                     & (tuned["family"] != best["family"])]
     for _, other in methods.iterrows():

@@ -46,7 +46,7 @@ def test_findings_say_which_differences_exceed_the_spread():
     assert "84.5" not in plain and "83.50 ± 1.41" in plain and "within the spread" in plain
     control = next(line for line in text if line.startswith("The dense control"))
     assert "80.00 ± 1.41 (2 seeds), +0.0%: extra training alone does not improve" in control
-    assert "+3.1% against it" in control
+    assert "+3.1% against it; every seed of one beats every seed of the other" in control
     assert text[-1] == ("Its INT4 copy is 10.0x smaller than the fp32 baseline file at test perplexity 84.00 ± 0.00 "
                         "(2 seeds), +5.0%.")
 
