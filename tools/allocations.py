@@ -1,6 +1,6 @@
 """Side experiment: the same parameter target allocated in different ways, after the default study has run.
 
-For each allocation (an even cut of widths and channels; the SSM channels cut deeper by pressure; MoE blocks allowed;
+For each allocation (the study's: SSM channels cut deeper by pressure; an even cut of every kind; MoE blocks allowed;
 SSM blocks allowed), prunes the study's baseline by Taylor importance, measures test perplexity before and after a
 distilled fine-tune of the default recipe, and the pruned model's batched throughput against the baseline's, side by
 side in one process.
@@ -22,12 +22,11 @@ from iteralite.data import TokenWindows, load_tokens
 from iteralite.pruning import criteria, planner, surgery
 from iteralite.train import TrainConfig, perplexity, train
 
-EVEN = {k: 1.0 for k in planner.KINDS}
-ALLOCATIONS = {  # label -> (bounds over the study's, pressure)
-    "widths and channels, even": ({}, EVEN),
-    "SSM channels at pressure 1.5": ({}, {**EVEN, "ssm_channels": 1.5}),
-    "MoE blocks may go (bound 0.25)": ({"moe_blocks": 0.25}, EVEN),
-    "SSM and MoE blocks may go (0.25)": ({"ssm_blocks": 0.25, "moe_blocks": 0.25}, EVEN),
+ALLOCATIONS = {  # label -> (bounds, pressure), each over the study's
+    "the study's pressure": ({}, {}),
+    "even pressure (1 for every kind)": ({}, {k: 1.0 for k in planner.KINDS}),
+    "MoE blocks may go (bound 0.25)": ({"moe_blocks": 0.25}, {}),
+    "SSM and MoE blocks may go (0.25)": ({"ssm_blocks": 0.25, "moe_blocks": 0.25}, {}),
 }
 
 
@@ -45,9 +44,9 @@ def main(steps: int, target: float) -> None:
     print("skip loss per block:", ", ".join(f"{kind[:3]}{layer} {v:.3f}" for (kind, layer), v in skips))
     base_ppl = perplexity(dense, tokens["test"], config["evaluate"]["test_tokens"])
     recipe = TrainConfig.from_dict({**config["finetune"], "max_steps": steps, "seed": seed})
-    for label, (depth, pressure) in ALLOCATIONS.items():
-        bounds = {**pruning["bounds"], **depth}
-        plan = planner.plan_target(dense.cfg, target, bounds, pruning["round_to"], pressure)
+    for label, (bounds, pressure) in ALLOCATIONS.items():
+        plan = planner.plan_target(dense.cfg, target, {**pruning["bounds"], **bounds}, pruning["round_to"],
+                                   {**pruning["pressure"], **pressure})
         counts = planner.plan_counts(dense.cfg, plan["ratios"], plan["round_to"])
         pruned = surgery.prune(dense, surgery.choose_kept(scores, counts)).eval()
         before = perplexity(pruned, tokens["test"], config["evaluate"]["test_tokens"])
