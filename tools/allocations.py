@@ -2,8 +2,8 @@
 
 For each allocation (the study's: SSM channels cut deeper by pressure; an even cut of every kind; MoE blocks allowed;
 SSM blocks allowed), prunes the study's baseline by Taylor importance, measures test perplexity before and after a
-distilled fine-tune of the default recipe, and the pruned model's batched throughput against the baseline's, side by
-side in one process.
+distilled fine-tune of the default recipe (2 threads), and the pruned model's batched throughput against the
+baseline's, side by side in one process, with the study's benchmark threads and batch (15 interleaved repeats).
 
 Usage: python tools/allocations.py [fine-tune steps] [target]   (after `make run`; defaults 100 and 0.4)
 """
@@ -50,7 +50,10 @@ def main(steps: int, target: float) -> None:
         counts = planner.plan_counts(dense.cfg, plan["ratios"], plan["round_to"])
         pruned = surgery.prune(dense, surgery.choose_kept(scores, counts)).eval()
         before = perplexity(pruned, tokens["test"], config["evaluate"]["test_tokens"])
-        speed, _ = bench.measure({"dense": dense, "pruned": pruned}, tokens["test"], 8, 5, [16])
+        torch.set_num_threads(config["benchmark"]["threads"])  # throughput as the study's benchmark measures it
+        speed, _ = bench.measure({"dense": dense, "pruned": pruned}, tokens["test"], config["benchmark"]["batch_size"],
+                                 15, [16])
+        torch.set_num_threads(2)
         per_s = speed.set_index("model")["tokens_per_s"]
         tuned, _ = train(pruned.train(), tokens["train"], tokens["validation"], recipe, None, dense,
                          torch.device("cpu"))
