@@ -109,7 +109,7 @@ def _levels(size: int, cap: float, multiple: int) -> list[float]:
 
 
 def _tightest(cfg: IteraLiteConfig, target: float, uniform: dict, round_to: dict) -> dict:
-    """Rounding makes one uniform pressure overshoot; among allocations that cut no kind deeper than it does,
+    """Rounding makes one pressure overshoot; among allocations that cut no kind deeper than it does,
     take the one that removes the least while meeting the target."""
     sizes = {"width": cfg.d_model, "ssm_channels": cfg.d_inner, "expert_hidden": cfg.expert_hidden,
              "experts": cfg.n_experts, "ssm_blocks": cfg.n_layers, "moe_blocks": cfg.n_layers}
