@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from .artifacts import load_torch
+from .paths import EMBEDDED_CORPUS
 
-EMBEDDED_CORPUS = Path(__file__).parent / "data" / "austen.jsonl.gz"
 SPLITS = ("train", "validation", "test")
 
 

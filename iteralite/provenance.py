@@ -14,8 +14,6 @@ import json
 from functools import cache
 from pathlib import Path
 
-from .artifacts import file_sha256
-
 PACKAGE = "iteralite"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -76,6 +74,15 @@ def module_closure(script: Path, module: str | None = None) -> list[str]:
                     seen.add(candidate)
                     pending.append((source, candidate))
     return sorted(seen)
+
+
+def file_sha256(path) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @cache

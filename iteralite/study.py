@@ -9,7 +9,8 @@ import copy
 import os
 
 from . import naming
-from .model import IteraLiteConfig
+from .modelconfig import IteraLiteConfig
+from .paths import EMBEDDED_CORPUS
 from .pruning.planner import PlanError, plan_target
 
 
@@ -23,6 +24,14 @@ def model_config(config: dict) -> IteraLiteConfig:
         return IteraLiteConfig(vocab_size=config["tokenizer"]["vocab_size"], **values)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
+
+
+def corpus_files(corpus: dict) -> list[str]:
+    """The files prepare_corpus reads for the config's corpus section: the user's files, or the embedded corpus
+    (none for a hub dataset)."""
+    if corpus["source"] == "files":
+        return list(corpus["paths"])
+    return [str(EMBEDDED_CORPUS)] if corpus["source"] == "embedded" else []
 
 
 def config_slice(config: dict, keys, drop=()) -> dict:

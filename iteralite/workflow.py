@@ -6,8 +6,6 @@ import logging
 import os
 import sys
 
-import torch
-
 
 def bound_native_caches() -> None:
     """Bound oneDNN's cache of compiled primitives, which keeps one per matmul shape (1024 by default). The MoE
@@ -18,7 +16,9 @@ def bound_native_caches() -> None:
 
 
 def start(snakemake) -> logging.Logger:
-    """Send this job's logging (and uncaught errors) to its log file; fix torch's threads to the rule's."""
+    """Send this job's logging (and uncaught errors) to its log file; fix torch's threads to the rule's. A script
+    imports its stage, and torch with it if the stage needs it, before it calls this: a job without torch never
+    imports it here."""
     bound_native_caches()
     log_path = snakemake.log[0] if snakemake.log else None
     handlers = [logging.StreamHandler(sys.stderr)]
@@ -26,7 +26,10 @@ def start(snakemake) -> logging.Logger:
         handlers.append(logging.FileHandler(log_path, mode="w"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         handlers=handlers, force=True)
-    torch.set_num_threads(max(1, int(snakemake.threads)))
+    threads = max(1, int(snakemake.threads))
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read by a torch imported after this point
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
     logger = logging.getLogger("iteralite")
 
     def log_uncaught(kind, value, tb):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from iteralite import data, provenance, study
+from iteralite import provenance, study
 
 try:
     study.check(config, workflow.source_path("../config/schema.yaml"))
@@ -37,14 +37,6 @@ def config_slice(*keys, drop=()):
 def code_of(script):
     """Digest of the package modules scripts/<script>.py runs: an edit to one reruns the rule and what follows."""
     return provenance.code_digest(Path(workflow.basedir) / "scripts" / f"{script}.py")
-
-
-def corpus_files():
-    """The corpus files prepare_corpus reads: the user's files, or the embedded corpus (none for the hub)."""
-    source = config["corpus"]["source"]
-    if source == "files":
-        return list(config["corpus"]["paths"])
-    return [str(data.EMBEDDED_CORPUS)] if source == "embedded" else []
 
 
 def checkpoint_path(model):

@@ -3,7 +3,7 @@
 
 rule prepare_corpus:
     input:
-        corpus_files(),
+        study.corpus_files(config["corpus"]),
     output:
         train="results/corpus/train.txt",
         validation="results/corpus/validation.txt",

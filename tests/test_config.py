@@ -151,3 +151,29 @@ def test_model_names_encode_their_recipe():
     assert naming.describe("baseline/dense") == {"stage": "baseline", "criterion": "dense", "target": "",
                                                  "method": "", "seed": None, "family": "baseline/dense"}
     assert naming.target_label(0.125) == "t12p5" and naming.target_label("plan") == "plan"
+
+
+# Snakemake re-parses the workflow in every job it submits to Slurm: parsing must not pay torch's import.
+PARSE_ONLY = """
+import sys
+from snakemake.cli import main
+try:
+    main(["all", "-n", "--cores", "1", "--quiet"])
+except SystemExit as end:
+    assert end.code == 0, end.code
+heavy = ("torch", "numba", "tokenizers", "datasets", "matplotlib")
+print("heavy modules:", sorted(m for m in heavy if m in sys.modules))
+"""
+
+
+def test_parsing_the_workflow_imports_no_torch(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import copy_project, project_env
+
+    workdir = copy_project(tmp_path)
+    run = subprocess.run([sys.executable, "-c", PARSE_ONLY], cwd=workdir, capture_output=True, text=True,
+                         env=project_env(workdir), timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "heavy modules: []" in run.stdout, run.stdout

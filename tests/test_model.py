@@ -1,6 +1,7 @@
 import torch
 
-from iteralite.model import IteraLite, IteraLiteConfig, count_parameters, parameter_count
+from iteralite.model import IteraLite, IteraLiteConfig, count_parameters
+from iteralite.modelconfig import parameter_count
 
 
 def test_default_shapes_and_parameter_count():

@@ -65,7 +65,7 @@ def test_parameter_count_equals_plan_arithmetic(tiny_model, blocks):
     scores = {name: torch.rand(n) for name, n in
               ((g.name, g.size) for g in groups.build_groups(tiny_model.cfg))}
     pruned = surgery.prune(tiny_model, surgery.choose_kept(scores, counts))
-    from iteralite.model import parameter_count
+    from iteralite.modelconfig import parameter_count
 
     assert count_parameters(pruned) == parameter_count(planner.pruned_config(tiny_model.cfg, counts))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-from ..model import IteraLiteConfig
+from ..modelconfig import IteraLiteConfig
 
 KINDS = ("width", "ssm_channels", "expert_hidden", "experts", "ssm_blocks", "moe_blocks")
 BLOCK_KINDS = {"ssm_blocks": "ssm", "moe_blocks": "moe"}

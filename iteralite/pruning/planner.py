@@ -6,7 +6,7 @@ import copy
 import itertools
 import math
 
-from ..model import IteraLiteConfig, parameter_count
+from ..modelconfig import IteraLiteConfig, parameter_count
 from .groups import KINDS, build_groups
 
 PRESETS = {

@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from .. import data
-from ..artifacts import atomic_path, file_sha256, save_torch, write_json, write_text
+from ..artifacts import atomic_path, save_torch, write_json, write_text
+from ..provenance import file_sha256
 
 log = logging.getLogger(__name__)
 

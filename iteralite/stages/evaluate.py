@@ -1,14 +1,12 @@
-"""Rules evaluate (one model's test perplexity) and summary (the study's main table)."""
+"""Rule evaluate: one model's test perplexity, parameters and file size."""
 
 from __future__ import annotations
 
 import logging
 import os
 
-import pandas as pd
-
 from .. import naming, quant
-from ..artifacts import read_json, write_csv, write_json
+from ..artifacts import write_json
 from ..data import eval_windows, load_tokens
 from ..model import count_parameters
 from ..train import perplexity
@@ -43,21 +41,3 @@ def evaluate(model_id: str, model_path: str, tokens_path: str, test_tokens: int,
     write_json(out_json, row)
     log.info("%s: test perplexity %.2f, %d parameters, %d bytes", model_id, row["test_ppl"], row["params"],
              row["file_bytes"])
-
-
-SUMMARY_COLUMNS = ["model", "stage", "criterion", "target", "method", "seed", "params", "file_bytes", "test_ppl",
-                   "test_tokens", "tokens_per_s", "step_latency_ms"]
-
-
-def summarize(metric_paths: list[str], speed_csv: str, out_csv: str) -> pd.DataFrame:
-    """One row per model and seed. Speed was measured for one seed of each family (its architecture is the same for
-    every seed), so each row takes its family's speed."""
-    rows = pd.DataFrame([read_json(p) for p in metric_paths])
-    speed = pd.read_csv(speed_csv)[["model", "tokens_per_s", "step_latency_ms", "peak_mem_mb", "weight_mem_mb",
-                                    "int4_path"]]
-    speed["family"] = speed.pop("model").map(lambda m: naming.describe(m)["family"])
-    rows = rows.merge(speed, on="family", how="left")
-    rows["seed"] = rows["seed"].astype("Int64")
-    rows = rows[SUMMARY_COLUMNS + [c for c in rows.columns if c not in SUMMARY_COLUMNS]]
-    write_csv(out_csv, rows)
-    return rows
