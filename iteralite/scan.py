@@ -10,10 +10,14 @@ readout: nothing of size (l, b, di, n) ever exists. Channels are the innermost l
 contiguous along them, and every sum over the state is a vertical add, so LLVM vectorises the loops without
 reassociating anything. Its backward recomputes the block's states and decays into buffers (l x n x block), then
 runs one reverse pass; the parameter gradients are accumulated per batch row and summed by torch afterwards, so the
-result does not depend on the thread count. CUDA tensors and CPUs without numba take the reference.
+result does not depend on the thread count. CUDA tensors take the same design as one Triton kernel per direction
+(scan_triton.py); a CPU without numba, or a GPU without Triton, takes the reference.
 """
 
 from __future__ import annotations
+
+import logging
+from functools import cache
 
 import numpy as np
 import torch
@@ -25,6 +29,8 @@ try:
     from numba.extending import intrinsic, overload
 except ImportError:  # the reference path still works
     numba = None
+
+log = logging.getLogger(__name__)
 
 # Channels per kernel task. The forward's loops vectorise at 16; the backward's reverse loop stayed scalar at 16 and
 # vectorises from 32 on (seen in the compiled kernel's instructions; tools/scan_candidates.py times the result).
@@ -269,9 +275,38 @@ def fused_available(*tensors) -> bool:
                                      for t in tensors)
 
 
-# auto: fused where available, else reference; "reference" forces torch ops. For `make bench-train` only
-# (iteralite.trainbench): "none" replaces the scan by y = D * x, the floor, which also drops delta's path
-# (delta_proj, softplus); "delta" is that floor with delta's path kept (y = D * x + 0 * delta).
+@cache
+def triton_scan():
+    """The Triton scan's autograd Function, or None (one log line) where Triton is not installed."""
+    try:
+        from .scan_triton import TritonScan
+    except ImportError as err:
+        log.warning("Triton is not available (%s): the GPU scan takes the reference in torch ops", err)
+        return None
+    return TritonScan
+
+
+_FAILED_SHAPES = set()
+
+
+def gpu_scan(x, delta, A, B, C, D):
+    """The Triton kernel in float32; where it is missing or fails to launch, the reference, which computes the same
+    function exactly (the failure is logged once per shape, naming it)."""
+    kernel = triton_scan()
+    shape = (tuple(x.shape), A.shape[0])
+    if kernel is not None and shape not in _FAILED_SHAPES:
+        try:
+            return kernel.apply(*(t.float() for t in (x, delta, A, B, C, D)))
+        except Exception as err:  # a compile or launch failure: Triton raises many kinds
+            _FAILED_SHAPES.add(shape)
+            log.warning("Triton scan failed for x of shape (b, l, di) = %s with d_state %d on %s (%s: %s); this shape "
+                        "takes the reference scan", shape[0], shape[1], x.device, type(err).__name__, err)
+    return reference_scan(x, delta, A, B, C, D)
+
+
+# auto: fused where available (numba on CPU, Triton on CUDA), else reference; "reference" forces torch ops. For
+# `make bench-train` only (iteralite.trainbench): "none" replaces the scan by y = D * x, the floor, which also drops
+# delta's path (delta_proj, softplus); "delta" is that floor with delta's path kept (y = D * x + 0 * delta).
 IMPLEMENTATION = "auto"
 
 
@@ -283,4 +318,6 @@ def selective_scan(x, delta, A, B, C, D):
     if IMPLEMENTATION == "auto" and fused_available(x, delta, A, B, C, D):
         dtype = torch.promote_types(x.dtype, A.dtype)
         return FusedScan.apply(*(t.to(dtype) for t in (x, delta, A, B, C, D)))
+    if IMPLEMENTATION == "auto" and x.is_cuda and x.dtype != torch.float64:  # the kernel computes in float32
+        return gpu_scan(x, delta, A, B, C, D)
     return reference_scan(x, delta, A, B, C, D)
