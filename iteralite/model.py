@@ -129,6 +129,17 @@ class MoEBlock(nn.Module):
     def forward(self, u):  # (b, l, d) -> (b, l, d), load-balancing loss (scalar)
         x = self.norm(u).reshape(-1, u.shape[-1])
         gates, chosen, probs = self.route(x)
+        dense = x.device.type in DENSE_DISPATCH_DEVICES and self.routing_stats is None
+        out = self._dense_mix(x, gates, chosen) if dense else self._gathered_mix(x, gates, chosen)
+        # Switch-style balance: e * sum_e (fraction of routed slots to e) * (mean router probability of e)
+        n_experts = len(self.experts)
+        routed = F.one_hot(chosen, n_experts).float().sum(dim=(0, 1)) / chosen.numel()
+        balance = n_experts * (routed * probs.float().mean(0)).sum()
+        return u + out.view_as(u), balance
+
+    def _gathered_mix(self, x, gates, chosen):  # (t, d), (t, k), (t, k) -> (t, d)
+        """Each expert on the tokens routed to it: the fewest FLOPs, but `nonzero` syncs with the host and the
+        shapes change every step."""
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
             token, slot = (chosen == e).nonzero(as_tuple=True)
@@ -139,11 +150,24 @@ class MoEBlock(nn.Module):
             if self.routing_stats is not None:
                 norm = weighted.detach().float().norm(dim=-1).sum().item()
                 self.routing_stats[e] = self.routing_stats.get(e, 0.0) + norm
-        # Switch-style balance: e * sum_e (fraction of routed slots to e) * (mean router probability of e)
-        n_experts = len(self.experts)
-        routed = F.one_hot(chosen, n_experts).float().sum(dim=(0, 1)) / chosen.numel()
-        balance = n_experts * (routed * probs.float().mean(0)).sum()
-        return u + out.view_as(u), balance
+        return out
+
+    def _dense_mix(self, x, gates, chosen):  # (t, d), (t, k), (t, k) -> (t, d)
+        """Every expert on every token, weighted by the gates scattered into a (t, e) matrix that is zero where an
+        expert was not chosen: e / k times the expert FLOPs, but static shapes and no host sync. Adds in the same
+        expert order as the gathered mix; an expert not chosen adds an exact zero."""
+        weights = torch.zeros(x.shape[0], len(self.experts), dtype=gates.dtype, device=x.device)
+        weights.scatter_(1, chosen, gates)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            out = out + (weights[:, e, None] * expert(x)).to(out.dtype)
+        return out
+
+
+# Where every expert runs on every token (MoEBlock._dense_mix). On a GPU the gathered mix is bound by its host syncs
+# and launches, and its changing shapes rule out CUDA graphs; on CPU the gathered mix is faster (`make bench-train`
+# prints both). Routing statistics (importance scores) always take the gathered mix.
+DENSE_DISPATCH_DEVICES = {"cuda"}
 
 
 def _embedding(rows: int, dim: int) -> nn.Embedding:

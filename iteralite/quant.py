@@ -12,9 +12,11 @@ dequantizes its weight on the fly (the fallback path).
 
 Which path runs is chosen per machine (`load_quantized(path=...)`): "kernel" (int4 matmul, 4-bit weights in memory),
 "dequantize" (4-bit in memory, dequantized at every call) or "unpacked" (dequantized once at load: float32 speed and
-memory, the file stays 4-bit). "auto" takes the kernel where it beats a float32 matmul on this machine (measured at
-load on the LM head's shape) and "unpacked" otherwise: on the project's AVX2-only CPU the kernel was 2.6x slower
-than float32 at 1024 tokens (README, "INT4").
+memory, the file stays 4-bit). "auto" keeps "unpacked" unless the kernel measurably wins for this model on this
+machine: at load, every distinct shape of the model's own 4-bit layers is timed with the CPU int4 kernel and with a
+float32 matmul, and the kernel is taken only if it is at least 10% faster in sum. On CUDA "auto" is "unpacked": torch's
+CUDA int4 kernel (tinygemm, a batch-1 decode kernel) ran the default model at 0.68-0.74x its float32 copy on an H200
+(docs/results.md). The path taken is recorded (`int4_path`) and lands in the summary.
 
 Dequantization: w = q * scale + zero, q in [0, 15], zero = the group's minimum. torch's kernels compute
 (q - 8) * scale + zero', so zero' = zero + 8 * scale.
@@ -29,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .artifacts import load_torch, save_torch
+from .artifacts import CheckpointError, load_torch, save_torch
 from .checkpoint import load_checkpoint
 from .model import IteraLite, IteraLiteConfig, count_parameters
 
@@ -255,10 +257,21 @@ def save_quantized(path, blob: dict) -> None:
 PATHS = ("auto", "kernel", "dequantize", "unpacked")
 
 
-def kernel_beats_fp32() -> bool:
-    """Whether torch's CPU int4 matmul beats a float32 matmul on the LM head's shape, on this machine."""
-    int4, fp32 = matmul_seconds()
-    return int4 < fp32
+KERNEL_MARGIN = 0.9  # the kernel must take at most this fraction of float32's time: a race within noise keeps fp32
+
+
+def kernel_wins(layers: list, tokens: int = 128) -> bool:
+    """Whether torch's CPU int4 matmul beats float32 on these layers' own shapes (each distinct shape timed once,
+    weighted by how often it occurs), by KERNEL_MARGIN, on this machine."""
+    shapes: dict[tuple[int, int, int], int] = {}
+    for layer in layers:
+        key = (layer.out_features, layer.in_features, layer.group_size)
+        shapes[key] = shapes.get(key, 0) + 1
+    int4 = fp32 = 0.0
+    for (n, k, group_size), count in shapes.items():
+        t_int4, t_fp32 = matmul_seconds(tokens, n, k, group_size)
+        int4, fp32 = int4 + count * t_int4, fp32 + count * t_fp32
+    return int4 < KERNEL_MARGIN * fp32
 
 
 def matmul_seconds(tokens: int = 128, n: int = 8000, k: int = 128, group_size: int = 32) -> tuple[float, float]:
@@ -283,8 +296,13 @@ def matmul_seconds(tokens: int = 128, n: int = 8000, k: int = 128, group_size: i
             times.append(time.perf_counter() - start)
         return min(times)
 
-    int4 = best_of(lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed, group_size, sz))
-    return int4, best_of(lambda: x @ w.t())
+    fp32 = best_of(lambda: x @ w.t())
+    try:
+        int4 = best_of(lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed, group_size,
+                                                                          sz))
+    except RuntimeError:  # a shape or group size the kernel does not take
+        return float("inf"), fp32
+    return int4, fp32
 
 
 def load_quantized(path, device="cpu", path_mode: str = "auto", blob: dict | None = None) -> QuantizedIteraLite:
@@ -293,10 +311,24 @@ def load_quantized(path, device="cpu", path_mode: str = "auto", blob: dict | Non
     if path_mode not in PATHS:
         raise ValueError(f"INT4 path must be one of {PATHS}, got {path_mode!r}")
     blob = load_torch(path, "INT4 model") if blob is None else blob
-    cfg = IteraLiteConfig.from_dict(blob["config"])
+    if not isinstance(blob, dict) or blob.get("format") != INT4_FORMAT:
+        found = blob.get("format", "no format key") if isinstance(blob, dict) else type(blob).__name__
+        raise CheckpointError(f"{path} is not an INT4 model file: expected format {INT4_FORMAT!r} (written by the "
+                              f"quantize rule), found {found!r}; an fp32 checkpoint loads with load_model")
+    missing_keys = {"config", "index", "n_params", "nibbles", "scale", "zero", "dense"} - set(blob)
+    if missing_keys:
+        raise CheckpointError(f"INT4 model file {path} lacks {sorted(missing_keys)}")
+    try:
+        cfg = IteraLiteConfig.from_dict(blob["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"INT4 model file {path} has an unusable model config: {err}") from None
     with torch.device("meta"):
         model = QuantizedIteraLite(cfg)
-    dense, quantized = _unflatten(blob)
+    try:
+        dense, quantized = _unflatten(blob)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # an index that does not match its tensors
+        raise CheckpointError(f"INT4 model file {path} has an inconsistent index ({type(err).__name__}: {err})") \
+            from None
     model.load_state_dict(dense, strict=False, assign=True)
     modules = dict(model.named_modules())
     for name, qt in quantized.items():
@@ -311,9 +343,9 @@ def load_quantized(path, device="cpu", path_mode: str = "auto", blob: dict | Non
         raise ValueError(f"INT4 file {path} lacks tensors {missing[:5]}")
     model.n_params = int(blob["n_params"])
     model.to(device).eval()
-    if path_mode == "auto":
-        path_mode = "kernel" if torch.device(device).type == "cuda" or kernel_beats_fp32() else "unpacked"
     layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    if path_mode == "auto":
+        path_mode = "kernel" if torch.device(device).type == "cpu" and kernel_wins(layers) else "unpacked"
     on_kernel = 0
     for layer in layers:
         if path_mode == "unpacked":

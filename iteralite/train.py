@@ -2,9 +2,12 @@
 
 AdamW, linear warmup then cosine decay, gradient clipping, the MoE load-balancing loss, optional distillation from a
 teacher, early stopping on validation perplexity, bf16 autocast on CUDA. Budget in steps, tokens or epochs, with an
-optional wall-clock cap. Resumable: the full state (model, optimizer, schedule, data position, curve) is saved every
+optional wall-clock cap. Resumable: the full state (model, optimizer, data position, curve) is saved every
 `checkpoint_every` steps and when SIGTERM or SIGUSR1 arrives (Slurm time limit, preemption); the loop then stops
 with `Interrupted`, and the next call with the same resume path continues at that step.
+
+On CUDA the whole step is captured once as a CUDA graph (GraphedStep) and the losses stay on the device until a log
+line, an evaluation or a save reads them back: the GPU never waits for the host between steps.
 """
 
 from __future__ import annotations
@@ -95,7 +98,9 @@ def lr_factor(step: int, total: int, warmup_steps: int, min_ratio: float) -> flo
 
 
 def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    """bf16 on CUDA. Without autocast's cache of cast weights: a CUDA graph must not capture a cast it would skip
+    on replay (the graph re-runs every cast anyway)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=False)
 
 
 @torch.no_grad()
@@ -131,6 +136,90 @@ def batch_losses(model: IteraLite, batch: torch.Tensor, cfg: TrainConfig, teache
     head_loss, ce, _ = lm_losses(hidden.flatten(0, 1), model.tok_emb.weight, batch[:, 1:].flatten(), teacher_hidden,
                                  teacher_weight, cfg.distill_temperature, kd_weight)
     return head_loss + (1 - kd_weight) * cfg.aux_loss_weight * balance, ce, balance
+
+
+def eager_step(model: IteraLite, optimizer, cfg: TrainConfig, teacher: IteraLite | None, device: torch.device):
+    """One optimisation step as a function of the batch (b, l + 1) on `device`; returns the tensor (loss, cross-entropy,
+    balance) on the device, so nothing waits for the GPU."""
+    parameters = list(model.parameters())
+
+    def step(batch):
+        with autocast(device):
+            loss, ce, balance = batch_losses(model, batch, cfg, teacher)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, cfg.grad_clip)
+        optimizer.step()
+        return torch.stack([loss.detach(), ce.detach(), balance.detach()])
+
+    return step
+
+
+class GraphedStep:
+    """The whole training step (forward, backward, clipping, AdamW) captured once as a CUDA graph and replayed per
+    batch: one launch instead of hundreds. Each batch is copied into a static input buffer; the learning rate is a
+    device tensor that the loop fills before each replay.
+
+    Capture needs a few eager warm-up steps (allocations, kernel compilation, the optimizer's state); they run on the
+    first batch and are then undone (weights and optimizer state restored in place), so the run trains exactly the
+    steps it is asked for."""
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, step, model: IteraLite, optimizer, example_batch: torch.Tensor):
+        self.static_batch = example_batch.clone()
+        saved = _snapshot(model, optimizer)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP_STEPS):
+                step(self.static_batch)
+        torch.cuda.current_stream().wait_stream(side)
+        _restore(model, optimizer, saved)
+        optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_losses = step(self.static_batch)
+
+    def __call__(self, batch):
+        self.static_batch.copy_(batch)
+        self.graph.replay()
+        return self.static_losses.clone()  # the next replay overwrites the static output
+
+
+def _snapshot(model: IteraLite, optimizer) -> dict:
+    return {"model": [p.detach().clone() for p in model.parameters()],
+            "optimizer": {p: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
+                          for p, s in optimizer.state.items()}}
+
+
+@torch.no_grad()
+def _restore(model: IteraLite, optimizer, saved: dict) -> None:
+    """Undo the warm-up in place (the graph records these very tensors): weights back, optimizer state back, or
+    zeroed where the warm-up created it."""
+    for p, value in zip(model.parameters(), saved["model"]):
+        p.copy_(value)
+    for p, state in optimizer.state.items():
+        before = saved["optimizer"].get(p, {})
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                value.copy_(before[key]) if key in before else value.zero_()
+
+
+def training_step(model: IteraLite, optimizer, cfg: TrainConfig, teacher: IteraLite | None, device: torch.device,
+                  example_batch: torch.Tensor):
+    """The step the loop runs: graphed on CUDA, eager on CPU or where capture fails (with a log line saying why)."""
+    step = eager_step(model, optimizer, cfg, teacher, device)
+    if device.type != "cuda":
+        return step
+    try:
+        graphed = GraphedStep(step, model, optimizer, example_batch)
+    except Exception as err:  # capture refuses many things (a host sync, a CPU tensor, an unsupported op)
+        log.warning("training step not captured as a CUDA graph (%s: %s); running it eagerly", type(err).__name__,
+                    err)
+        return step
+    log.info("training step captured as a CUDA graph")
+    return graphed
 
 
 class _SignalFlag:
@@ -178,13 +267,24 @@ def train(
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.dim() >= 2 and "A_log" not in name else no_decay).append(p)
+    graphed = device.type == "cuda"
+    # On CUDA the learning rate is a device tensor (filled before each step) and AdamW keeps its state on the device
+    # (capturable), so that the step can be a CUDA graph.
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), foreach=device.type == "cuda",
+        lr=torch.tensor(cfg.lr, device=device) if graphed else cfg.lr, betas=(0.9, 0.95), foreach=graphed,
+        capturable=graphed,
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, warmup_steps, cfg.min_lr_ratio)
-    )
+
+    def set_lr(step: int) -> float:
+        lr = cfg.lr * lr_factor(step, total, warmup_steps, cfg.min_lr_ratio)
+        for group in optimizer.param_groups:
+            if graphed:
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+        return lr
+
     state = {"step": 0, "curve": [], "best_ppl": math.inf, "best_state": None, "stale_evals": 0, "elapsed": 0.0}
     saved = load_torch(resume_path, "training state") if resume_path and os.path.exists(resume_path) else None
     if saved is not None and saved.get("fingerprint") != fingerprint:
@@ -197,7 +297,9 @@ def train(
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
+        for group in optimizer.param_groups:  # a state saved on another device brings that device's settings
+            group.update(lr=torch.tensor(cfg.lr, device=device) if graphed else cfg.lr, foreach=graphed,
+                         capturable=graphed)
         windows.generator.set_state(saved["data_rng"])
         state = saved["loop"]
         log.info("resumed from %s at step %d", resume_path, state["step"])
@@ -209,7 +311,6 @@ def train(
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
                     "data_rng": windows.generator.get_state(),
                     "loop": state,
                     "fingerprint": fingerprint,
@@ -231,36 +332,48 @@ def train(
 
     tokens_per_step = cfg.batch_size * model.cfg.max_seq
     started = time.perf_counter() - state["elapsed"]
+    pending = []  # (curve row, losses on the device) of steps not yet read back: one host sync per flush
+
+    def flush():
+        """Read the pending steps' losses (one sync) and complete their curve rows; the rate is the window's."""
+        if not pending:
+            return
+        values = torch.stack([losses for _, losses in pending]).tolist()
+        now = time.perf_counter()
+        state["elapsed"] = now - started
+        window = now - flush.since
+        for (row, _), (loss, ce, balance) in zip(pending, values):
+            row.update(train_loss=ce, loss=loss, balance_loss=balance,
+                       tokens_per_s=tokens_per_step * len(pending) / window)
+        state["curve"].extend(row for row, _ in pending)
+        pending.clear()
+        flush.since = now
+
+    flush.since = time.perf_counter()
+    example = torch.zeros(cfg.batch_size, model.cfg.max_seq + 1, dtype=torch.long, device=device)
+    step_fn = training_step(model, optimizer, cfg, teacher, device, example)
     with _SignalFlag() as stop_signal:
         while state["step"] < total:
-            step_start = time.perf_counter()
             batch = windows.next().to(device)
-            with autocast(device):
-                loss, loss_lm, balance = batch_losses(model, batch, cfg, teacher)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
+            lr = set_lr(state["step"])
+            losses = step_fn(batch)
             state["step"] += 1
             step = state["step"]
-            state["elapsed"] = time.perf_counter() - started
-            step_s = time.perf_counter() - step_start
-            state["curve"].append(
-                {
-                    "step": step, "tokens": step * tokens_per_step, "lr": optimizer.param_groups[0]["lr"],
-                    "train_loss": loss_lm.item(), "loss": loss.item(), "balance_loss": balance.item(),
-                    "val_ppl": float("nan"), "elapsed_s": state["elapsed"], "tokens_per_s": tokens_per_step / step_s,
-                }
-            )
+            pending.append(({"step": step, "tokens": step * tokens_per_step, "lr": lr, "val_ppl": float("nan"),
+                             "elapsed_s": time.perf_counter() - started}, losses))
+            out_of_time = cfg.max_minutes is not None and time.perf_counter() - started > cfg.max_minutes * 60
+            last = step == total or out_of_time
+            evaluating = step % cfg.eval_every == 0 or last
+            if step % cfg.log_every == 0 or step == 1 or evaluating or stop_signal.received \
+                    or step % cfg.checkpoint_every == 0:
+                flush()
             if step % cfg.log_every == 0 or step == 1:
+                row = state["curve"][-1]
                 rate = step * tokens_per_step / state["elapsed"]
                 eta = (total - step) * state["elapsed"] / step
-                log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s ETA %.0fs", step, total, loss_lm.item(),
-                         optimizer.param_groups[0]["lr"], rate, eta)
-            out_of_time = cfg.max_minutes is not None and state["elapsed"] > cfg.max_minutes * 60
-            last = step == total or out_of_time
-            if (step % cfg.eval_every == 0 or last) and evaluate(step):
+                log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s ETA %.0fs", step, total, row["train_loss"], lr,
+                         rate, eta)
+            if evaluating and evaluate(step):
                 log.info("early stopping at step %d: no improvement in %d evaluations", step, state["stale_evals"])
                 break
             if out_of_time:

@@ -59,3 +59,23 @@ def test_generate_is_deterministic_with_seed(tiny_model):
     a = tiny_model.generate(prompt, 10, 0.8, torch.Generator().manual_seed(3))
     b = tiny_model.generate(prompt, 10, 0.8, torch.Generator().manual_seed(3))
     assert a.shape == (1, 13) and torch.equal(a, b) and torch.equal(a[:, :3], prompt)
+
+
+def test_dense_moe_dispatch_equals_the_gathered_one(tiny_model, monkeypatch):
+    """The static-shape dispatch (every expert on every token, gates scattered into a (t, e) matrix; the GPU's)
+    gives the gathered dispatch's outputs, balance loss and gradients."""
+    from iteralite import model as model_module
+
+    idx = torch.randint(0, tiny_model.cfg.vocab_size, (3, 17), generator=torch.Generator().manual_seed(4))
+    results = {}
+    for devices in ({"cpu"}, {"cuda"}):  # dense on CPU, then gathered on CPU
+        monkeypatch.setattr(model_module, "DENSE_DISPATCH_DEVICES", devices)
+        tiny_model.zero_grad()
+        hidden, balance = tiny_model.hidden_states(idx)
+        (hidden.square().mean() + balance).backward()
+        results[frozenset(devices)] = (hidden, balance, [p.grad.clone() for p in tiny_model.parameters()])
+    (h_dense, b_dense, g_dense), (h_gathered, b_gathered, g_gathered) = results.values()
+    torch.testing.assert_close(h_dense, h_gathered, rtol=1e-6, atol=1e-6)
+    assert torch.equal(b_dense, b_gathered)
+    for a, b in zip(g_dense, g_gathered):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

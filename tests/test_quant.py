@@ -101,7 +101,7 @@ def test_int4_test_perplexity_does_not_depend_on_which_path_is_faster(tiny_model
     save_torch(tmp_path / "tokens.pt", {"tokens": {"test": test}, "tokenizer_sha256": "sha"})
     results = []
     for kernel_wins in (True, False):
-        monkeypatch.setattr(quant, "kernel_beats_fp32", lambda kernel_wins=kernel_wins: kernel_wins)
+        monkeypatch.setattr(quant, "kernel_wins", lambda layers, kernel_wins=kernel_wins: kernel_wins)
         out = tmp_path / f"{kernel_wins}.json"
         evaluate.evaluate("int4-baseline/dense", str(tmp_path / "m.pt"), str(tmp_path / "tokens.pt"), 2000, str(out))
         results.append(json.loads(out.read_text())["test_ppl"])
@@ -129,3 +129,37 @@ def test_quantized_model_computes_what_the_float_model_with_dequantized_weights_
         torch.testing.assert_close(quantized(idx)[0], reference(idx)[0], rtol=1e-4, atol=1e-4)
         step_logits, _ = quantized.step(idx[:, 0], 0, quantized.empty_cache(2))  # recurrent mode, as generation
         torch.testing.assert_close(step_logits, reference(idx[:, :1])[0][:, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_auto_keeps_float32_unless_the_kernel_wins_on_the_models_own_layers(tiny_model, tmp_path, monkeypatch):
+    """'auto' times every distinct 4-bit layer shape of this model; a kernel within the margin keeps 'unpacked'."""
+    blob, _ = quant.quantize_model(tiny_model, 32, ["A_log", "D", "conv1d", "norm", "bias"], "sha")
+    quant.save_quantized(tmp_path / "m.pt", blob)
+    timed = []
+
+    def fake_timing(tokens, n, k, group_size):
+        timed.append((n, k))
+        return 0.95, 1.0  # the kernel 5% faster: within the margin
+
+    monkeypatch.setattr(quant, "matmul_seconds", fake_timing)
+    model = quant.load_quantized(tmp_path / "m.pt")
+    assert model.int4_path == "unpacked"
+    layers = [m for m in model.modules() if isinstance(m, quant.Int4Linear)]
+    assert sorted(set(timed)) == sorted({(m.out_features, m.in_features) for m in layers}) and len(layers) > 8
+    monkeypatch.setattr(quant, "matmul_seconds", lambda tokens, n, k, group_size: (0.5, 1.0))
+    assert quant.load_quantized(tmp_path / "m.pt").int4_path == "kernel"
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"state_dict": {}, "config": {}}, "is not an INT4 model file: expected format 'iteralite-int4-v2'"),
+    ({"format": "iteralite-int4-v2", "config": {}}, "lacks ['dense', 'index', 'n_params', 'nibbles', 'scale', 'zero']"),
+    ([1, 2, 3], "found 'list'"),
+])
+def test_load_quantized_names_the_file_and_the_expected_format(tmp_path, content, message):
+    from iteralite.artifacts import CheckpointError, save_torch
+
+    path = tmp_path / "not-int4.pt"
+    save_torch(path, content)
+    with pytest.raises(CheckpointError) as err:
+        quant.load_quantized(path)
+    assert str(path) in str(err.value) and message in str(err.value)
