@@ -32,8 +32,8 @@ lint: setup  ## ruff and snakemake --lint
 bench: setup  ## side-by-side speed of baseline and pruned models, printed
 	$(PY) -m iteralite.speedcheck
 
-bench-train: setup  ## the training step with the fused scan, the reference scan and no scan, side by side, printed
-	$(PY) -m iteralite.trainbench
+bench-train: setup  ## the training step: project's path, reference path, no-scan floor, side by side (ARGS="--sizes S,M,L")
+	$(PY) -m iteralite.trainbench $(ARGS)
 
 slurm-up:  ## start a single-node Slurm cluster on localhost (root, Debian)
 	bash tools/slurm-cluster.sh up

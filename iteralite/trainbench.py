@@ -1,37 +1,88 @@
-"""`make bench-train`: the default model's training step with the project's scan, with the reference scan, and
-with the scan replaced by y = D * x (the floor: what a step costs without any scan), side by side in one process,
-on the same batches, repeats interleaved, medians; and the process's peak resident memory.
+"""`make bench-train`: the training step of the project's path against the reference path and the no-scan floor,
+side by side in one process, on the same batches, repeats interleaved, medians; and the process's peak memory.
 
-Usage: python -m iteralite.trainbench [config.yaml] [threads] [repeats]
-The last line reads: training: <N> tokens/s, <R>x the no-scan floor, peak RSS <M> MB
+On CPU: the fused numba scan, the reference scan (torch ops), and the scan replaced by y = D * x (the floor: what a
+step costs without any scan), eager steps. On CUDA: the project's path (Triton scan, static-shape MoE dispatch, the
+step as one CUDA graph), the same path eager, the reference path (reference scan, gathered MoE, eager: the path before
+the GPU kernels) and the floor (graphed).
+
+Usage: python -m iteralite.trainbench [config.yaml] [threads] [repeats] [--device auto|cpu|cuda] [--sizes S,M,L]
+Sizes: S is the config's model at its batch; M, L are larger IteraLites (SIZES); L128 is L at S's 32 x 128 windows,
+for the cost per token against the sequence length. The last line reads, for the first size:
+training: <N> tokens/s, <R>x the no-scan floor, peak RSS <M> MB
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import resource
 import statistics
-import sys
 import time
 
 import torch
 import yaml
 
+from . import model as model_module
 from . import scan
 from .bench import machine
-from .model import IteraLite, IteraLiteConfig
-from .train import TrainConfig, batch_losses
+from .model import IteraLite
+from .modelconfig import IteraLiteConfig
+from .train import TrainConfig, batch_losses, eager_step, pick_device, training_step
 from .workflow import bound_native_caches
 
-IMPLEMENTATIONS = {"fused": "auto", "floor": "none", "delta": "delta"}
+# name -> (model overrides, batch size, window length); S takes the config's model and train.batch_size.
+SIZES = {
+    "S": ({}, None, None),
+    "M": ({"d_model": 256, "n_layers": 8, "max_seq": 256, "d_inner": 512, "d_state": 16, "expert_hidden": 256}, 16,
+          256),
+    "L": ({"d_model": 512, "n_layers": 8, "max_seq": 512, "d_inner": 1024, "d_state": 16, "expert_hidden": 512}, 8,
+          512),
+    "L128": ({"d_model": 512, "n_layers": 8, "max_seq": 512, "d_inner": 1024, "d_state": 16, "expert_hidden": 512},
+             32, 128),
+}
+
+# variant -> (scan implementation, dense MoE dispatch, graphed step), per device type; the first is the project's
+# path and "floor" the no-scan floor.
+VARIANTS = {
+    "cpu": {"fused": ("auto", False, False), "reference": ("reference", False, False),
+            "delta": ("delta", False, False), "floor": ("none", False, False)},
+    "cuda": {"project": ("auto", True, True), "eager": ("auto", True, False),
+             "reference": ("reference", False, False), "floor": ("none", True, True)},
+}
+LABELS = {"fused": "project's scan (fused CPU kernel)", "reference": "reference scan (torch ops), eager",
+          "delta": "no scan, delta's path kept", "floor": "no scan (y = D * x)",
+          "project": "Triton scan, dense MoE, CUDA graph", "eager": "Triton scan, dense MoE, eager"}
 
 
-def peak_rss_mb() -> float:
+DEFAULTS = (scan.IMPLEMENTATION, set(model_module.DENSE_DISPATCH_DEVICES))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_step(model: IteraLite, cfg: TrainConfig):
+def settings(variant: tuple[str, bool, bool]):
+    """Set the scan implementation and the MoE dispatch of a variant (read when a step runs or is captured)."""
+    implementation, dense_moe, _ = variant
+    scan.IMPLEMENTATION = implementation
+    model_module.DENSE_DISPATCH_DEVICES = {"cuda"} if dense_moe else set()
+
+
+def make_step(model: IteraLite, cfg: TrainConfig, device: torch.device, variant, seq: int):
+    """One training step of `model` as `step(batch)`: the CPU bench's eager AdamW step, or the training loop's own
+    step on CUDA (graphed or eager)."""
+    settings(variant)
+    if device.type == "cuda":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(cfg.lr, device=device),
+                                      weight_decay=cfg.weight_decay, foreach=True, capturable=True)
+        if not variant[2]:
+            return eager_step(model, optimizer, cfg, None, device)
+        example = torch.zeros(cfg.batch_size, seq + 1, dtype=torch.long, device=device)
+        return training_step(model, optimizer, cfg, None, device, example)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)
 
     def step(batch):
@@ -44,53 +95,88 @@ def make_step(model: IteraLite, cfg: TrainConfig):
     return step
 
 
-def time_steps(steps: dict, batches: list[torch.Tensor], implementations: dict) -> dict[str, list[float]]:
-    """Seconds per step of each implementation, interleaved batch by batch."""
+def time_steps(steps: dict, batches: list[torch.Tensor], variants: dict, device: torch.device) -> dict:
+    """Seconds per step of each variant, interleaved batch by batch."""
     times = {name: [] for name in steps}
     for batch in batches:
         for name, step in steps.items():
-            scan.IMPLEMENTATION = implementations[name]
+            settings(variants[name])
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             start = time.perf_counter()
             step(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
-    scan.IMPLEMENTATION = "auto"
+    scan.IMPLEMENTATION, model_module.DENSE_DISPATCH_DEVICES = DEFAULTS
     return times
 
 
-def main(argv: list[str]) -> None:
-    config = yaml.safe_load(open(argv[0] if argv else "config/config.yaml", encoding="utf-8"))
-    threads = int(argv[1]) if len(argv) > 1 else 2
-    repeats = int(argv[2]) if len(argv) > 2 else 7
-    bound_native_caches()
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
+def bench_size(config: dict, size: str, device: torch.device, repeats: int) -> dict[str, float]:
+    overrides, batch_size, seq = SIZES[size]
     model_cfg = IteraLiteConfig(vocab_size=config["tokenizer"]["vocab_size"],
-                                **{k: v for k, v in config["model"].items() if k != "checkpoint"})
-    cfg = TrainConfig.from_dict({**config["train"], "seed": 0})
-    dense = IteraLite(model_cfg)
-    seq = model_cfg.max_seq + 1
-    batches = [torch.randint(0, model_cfg.vocab_size, (cfg.batch_size, seq)) for _ in range(repeats + 2)]
-    steps = {name: make_step(copy.deepcopy(dense), cfg) for name in IMPLEMENTATIONS}
-    time_steps(steps, batches[:2], IMPLEMENTATIONS)  # warm-up: kernel compilation (cached on disk), first allocations
-    times = time_steps(steps, batches[2:], IMPLEMENTATIONS)
-    peak = peak_rss_mb()
-    # The reference scan last, so that its (l, b, di, n) tensors do not count in the peak above.
-    reference = time_steps({"reference": make_step(copy.deepcopy(dense), cfg)}, batches[: min(4, repeats)],
-                           {"reference": "reference"})["reference"][1:]
-    tokens = cfg.batch_size * model_cfg.max_seq
+                                **{**{k: v for k, v in config["model"].items() if k != "checkpoint"}, **overrides})
+    batch_size = batch_size or config["train"]["batch_size"]
+    cfg = TrainConfig.from_dict({**config["train"], "seed": 0, "batch_size": batch_size})
+    seq = seq or model_cfg.max_seq
+    torch.manual_seed(0)
+    dense = IteraLite(model_cfg).to(device)
+    batches = [torch.randint(0, model_cfg.vocab_size, (cfg.batch_size, seq + 1), device=device)
+               for _ in range(repeats + 2)]
+    variants = VARIANTS[device.type]
+    # The CPU reference scan last and shorter, so that its (l, b, di, n) tensors do not count in the peak.
+    timed = {name: v for name, v in variants.items() if device.type == "cuda" or name != "reference"}
+    steps = {name: make_step(copy.deepcopy(dense), cfg, device, variants[name], seq) for name in timed}
+    time_steps(steps, batches[:2], variants, device)  # warm-up: compilation (cached on disk), first allocations
+    times = time_steps(steps, batches[2:], variants, device)
     median = {name: statistics.median(t) for name, t in times.items()}
-    median["reference"] = statistics.median(reference)
-    print(f"{machine()}, {threads} thread(s), batch {cfg.batch_size} x {model_cfg.max_seq}, AdamW, "
-          f"median of {repeats} interleaved steps (reference: {len(reference)}); "
-          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}, "
+    peak = peak_memory_mb(device)
+    if device.type == "cpu":
+        reference = time_steps({"reference": make_step(copy.deepcopy(dense), cfg, device, variants["reference"], seq)},
+                               batches[: min(4, repeats)], variants, device)["reference"][1:]
+        median["reference"] = statistics.median(reference)
+    tokens = cfg.batch_size * seq
+    n_params = sum(p.numel() for p in dense.parameters())
+    print(f"\nsize {size}: {n_params:,} parameters, batch {cfg.batch_size} x {seq}, AdamW, median of {repeats} "
+          f"interleaved steps")
+    floor = median["floor"]
+    for name in variants:
+        print(f"  {LABELS[name]:<38}{1000 * median[name]:>8.1f} ms/step{tokens / median[name]:>12,.0f} tokens/s"
+              f"{median[name] / floor:>7.2f}x floor")
+    project = next(iter(variants))
+    return {"tokens_per_s": tokens / median[project], "floor_ratio": median[project] / floor, "peak_mb": peak,
+            "per_token_s": median[project] / tokens}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", nargs="?", default="config/config.yaml")
+    parser.add_argument("threads", nargs="?", type=int, default=2)
+    parser.add_argument("repeats", nargs="?", type=int, default=7)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--sizes", default="S", help=f"comma-separated, of {', '.join(SIZES)}")
+    args = parser.parse_args(argv)
+    sizes = args.sizes.split(",")
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        parser.error(f"--sizes: unknown {unknown}; choose from {list(SIZES)}")
+    with open(args.config, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    bound_native_caches()
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"{machine()}{gpu}, {args.threads} thread(s); GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}, "
           f"ONEDNN_PRIMITIVE_CACHE_CAPACITY={os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']}")
-    for name, label in (("fused", "project's scan (fused CPU kernel)"), ("reference", "reference scan (torch ops)"),
-                        ("delta", "no scan, delta's path kept"), ("floor", "no scan (y = D * x)")):
-        print(f"  {label:<36}{1000 * median[name]:>8.0f} ms/step{tokens / median[name]:>10,.0f} tokens/s"
-              f"{median[name] / median['floor']:>7.2f}x floor")
-    print(f"training: {tokens / median['fused']:.0f} tokens/s, {median['fused'] / median['floor']:.2f}x the no-scan "
-          f"floor, peak RSS {peak:.0f} MB")
+    results = {size: bench_size(config, size, device, args.repeats) for size in sizes}
+    if {"L", "L128"} <= set(results):
+        print(f"\nL per token at 8 x 512 / at 32 x 128: "
+              f"{results['L']['per_token_s'] / results['L128']['per_token_s']:.2f}x")
+    first = results[sizes[0]]
+    memory = "peak GPU memory" if device.type == "cuda" else "peak RSS"
+    print(f"training: {first['tokens_per_s']:.0f} tokens/s, {first['floor_ratio']:.2f}x the no-scan floor, "
+          f"{memory} {first['peak_mb']:.0f} MB")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
