@@ -15,8 +15,8 @@ Which path runs is chosen per machine (`load_quantized(path=...)`): "kernel" (in
 memory, the file stays 4-bit). "auto" keeps "unpacked" unless the kernel measurably wins for this model on this
 machine: at load, every distinct shape of the model's own 4-bit layers is timed with the CPU int4 kernel and with a
 float32 matmul, and the kernel is taken only if it is at least 10% faster in sum. On CUDA "auto" is "unpacked": torch's
-CUDA int4 kernel (tinygemm, a batch-1 decode kernel) ran the default model at 0.68-0.74x its float32 copy on an H200
-(docs/results.md). The path taken is recorded (`int4_path`) and lands in the summary.
+CUDA int4 kernel (tinygemm) is a batch-1 decode kernel, and this timing uses the CPU kernel. The path taken is
+recorded (`int4_path`) and lands in the summary.
 
 Dequantization: w = q * scale + zero, q in [0, 15], zero = the group's minimum. torch's kernels compute
 (q - 8) * scale + zero', so zero' = zero + 8 * scale.
