@@ -1,14 +1,17 @@
-"""The tiny study through profiles/slurm on a real single-node Slurm cluster (tools/slurm-cluster.sh).
+"""The workflow through profiles/slurm on a real single-node Slurm cluster (tools/slurm-cluster.sh).
 
 Skipped where the cluster cannot be started (not root, no apt). The profile is the real one, its `gres: gpu:1`
 requests included (the cluster declares one GPU generic resource), with only the CPUs, memory and time that exceed
-the CI node scaled down.
+the CI node scaled down. Snakemake runs through tests/snakemake_fast_status.py, which checks the jobs' status every
+2 s instead of the plugin's growing back-off.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,27 +56,37 @@ def ci_profile(dest: Path, finetune_minutes: int = 30, retries: int | None = Non
 def run_on_slurm(workdir: Path, profile: Path, *args) -> list[list[str]]:
     """Snakemake with the profile; the sacct rows (Comment, Partition, State, AllocTRES) of the jobs it submitted."""
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
-    run = subprocess.run(["timeout", "-k", "10", "1500", sys.executable, "-m", "snakemake", "--profile", str(profile),
-                          *args], cwd=workdir, capture_output=True, text=True, env=project_env(workdir))
+    run = subprocess.run(["timeout", "-k", "10", "1500", sys.executable, str(ROOT / "tests/snakemake_fast_status.py"),
+                          "--profile", str(profile), *args], cwd=workdir, capture_output=True, text=True,
+                         env=project_env(workdir))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     listing = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "Comment,Partition,State,AllocTRES", "-S", since],
                              capture_output=True, text=True, check=True).stdout
     return [line.split("|") for line in listing.splitlines() if line.startswith("rule_")]
 
 
-def test_tiny_study_on_slurm(cluster, tmp_path):
+# The tiny study cut to one criterion, one seed and one recovery method: every rule still runs, 22 jobs instead of 61.
+ONE_OF_EACH = {"seeds": [1], "pruning": {"criteria": ["l1"]}, "finetune": {"methods": ["distill"]}}
+
+
+def test_a_study_on_slurm(cluster, tmp_path):
     workdir = copy_project(tmp_path / "study")
-    rows = run_on_slurm(workdir, ci_profile(tmp_path / "profile"), "all", "--configfile", "config/ci.yaml")
+    (workdir / "config/one_of_each.yaml").write_text(yaml.safe_dump(ONE_OF_EACH))
+    rows = run_on_slurm(workdir, ci_profile(tmp_path / "profile"), "all", "--configfile", "config/ci.yaml",
+                        "config/one_of_each.yaml")
     assert (workdir / "results/report.html").is_file()
     assert rows and all(state == "COMPLETED" for _, _, state, _ in rows), rows
     rules = {comment.split("_wildcards_")[0].removeprefix("rule_"): partition for comment, partition, _, _ in rows}
+    # every rule but the local ones (rulegraph, summary, report), which run on the submitting host
+    assert set(rules) == {"prepare_corpus", "train_tokenizer", "tokenize", "train_baseline", "analyze", "evaluate",
+                          "score_importance", "prune", "finetune", "quantize", "benchmark"}, rules
     on_gpu = sorted(c for c, p, _, _ in rows if p == "gpu")
-    # the baseline and the 10 fine-tunes of the tiny study, and nothing else
-    assert len(on_gpu) == 11 and all(c.startswith(("rule_train_baseline", "rule_finetune")) for c in on_gpu), on_gpu
+    # the baseline, the distilled fine-tune and the control, and nothing else
+    assert len(on_gpu) == 3 and all(c.startswith(("rule_train_baseline", "rule_finetune")) for c in on_gpu), on_gpu
     with_gpu = sorted(c for c, _, _, tres in rows if "gres/gpu=1" in tres)
     assert with_gpu == on_gpu, (with_gpu, on_gpu)  # allocated the GPU resource exactly where it was asked for
     assert rules["prune"] == "cpu" and rules["benchmark"] == "cpu"
-    assert "summary" not in rules and "report" not in rules  # local rules run on the submitting host
+    assert (workdir / "results/rulegraph.dot").is_file()
 
 
 # The control fine-tune of the tiny study, made long: 4200 steps of about 25 ms here, well past its one-minute time
@@ -84,10 +97,17 @@ LONG_FINETUNE = {"seeds": [1], "finetune": {"max_steps": 4200, "max_epochs": 100
 CONTROL = "results/models/finetuned/dense-s1"
 
 
-def test_a_fine_tune_past_its_time_limit_resumes_to_the_same_model(cluster, tmp_path):
+def copy_of_study(study: Path, dest: Path) -> Path:
+    """The local tiny study, up to date: on Slurm only the jobs a test changes run (not the corpus, the tokenizer
+    and the baseline again)."""
+    shutil.copytree(study, dest, symlinks=True)
+    return dest
+
+
+def test_a_fine_tune_past_its_time_limit_resumes_to_the_same_model(cluster, study, tmp_path):
     """Slurm stops the fine-tune at its limit (runtime: 1 minute) with SIGTERM; the loop saves its state, the job
     ends TIMEOUT, Snakemake's retry resumes it; the model and curve equal those of an uninterrupted run."""
-    workdir = copy_project(tmp_path / "study")
+    workdir = copy_of_study(study, tmp_path / "study")
     (workdir / "config/long_finetune.yaml").write_text(yaml.safe_dump(LONG_FINETUNE))
     configs = ["--configfile", "config/ci.yaml", "config/long_finetune.yaml"]
     profile = ci_profile(tmp_path / "profile", finetune_minutes=1, retries=5)
@@ -96,8 +116,11 @@ def test_a_fine_tune_past_its_time_limit_resumes_to_the_same_model(cluster, tmp_
     assert attempts[0] == "TIMEOUT" and attempts[-1] == "COMPLETED", attempts
     log = (workdir / "logs/finetune/dense-s1.log").read_text()
     assert "resumed from" in log, log[-2000:]
+    assert_equals_uninterrupted_run(workdir, tmp_path / "reference", configs)
 
-    reference = tmp_path / "reference"
+
+def assert_equals_uninterrupted_run(workdir: Path, reference: Path, configs: list[str]) -> None:
+    """The control fine-tuned in `workdir` (resumed) equals, bit for bit, the same fine-tune run locally at once."""
     shutil.copytree(workdir, reference, symlinks=True)
     snakemake(reference, "-f", f"{CONTROL}/model.pt", "--cores", "2", "--set-threads", "finetune=2", *configs)
     assert "resumed from" not in (reference / "logs/finetune/dense-s1.log").read_text()
@@ -106,3 +129,43 @@ def test_a_fine_tune_past_its_time_limit_resumes_to_the_same_model(cluster, tmp_
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
     curves = [pd.read_csv(d / CONTROL / "curve.csv")[["step", "train_loss", "val_ppl"]] for d in (workdir, reference)]
     pd.testing.assert_frame_equal(*curves)
+
+
+# Preempted by `scancel --signal=TERM --full` (some sites' preemption): 1200 steps with a periodic state every 200.
+PREEMPTED_FINETUNE = {"seeds": [1], "finetune": {"max_steps": 1200, "max_epochs": 1000, "eval_every": 600,
+                                                 "checkpoint_every": 200, "early_stopping_patience": None}}
+STEP_LINE = re.compile(r"step (\d+)/1200 ")
+
+
+def preempt_when_past(log: Path, step: int, stop: threading.Event) -> None:
+    """Once the fine-tune has logged `step`, signal its whole job (the batch shell and srun too) with SIGTERM."""
+    while not stop.wait(0.5):
+        steps = [int(m.group(1)) for m in STEP_LINE.finditer(log.read_text())] if log.is_file() else []
+        if steps and max(steps) >= step:
+            jobs = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True).stdout
+            for job in (line.split()[0] for line in jobs.splitlines() if "rule_finetune" in line):
+                subprocess.run(["scancel", "--signal=TERM", "--full", job], check=True)
+            return
+
+
+def test_a_fine_tune_preempted_with_its_batch_shell_resumes_from_its_last_periodic_state(cluster, study, tmp_path):
+    """SIGTERM to the batch shell and srun as well as the step (`scancel --signal=TERM --full`): srun ends the step
+    at once ("forcing job termination"), before the training can finish its step and save, and the job FAILS.
+    What is guaranteed: Snakemake's retry resumes from the last periodic state (every `checkpoint_every` steps) and
+    ends with the model of an uninterrupted run; at most `checkpoint_every` steps of work are lost."""
+    workdir = copy_of_study(study, tmp_path / "study")
+    (workdir / "config/preempted.yaml").write_text(yaml.safe_dump(PREEMPTED_FINETUNE))
+    configs = ["--configfile", "config/ci.yaml", "config/preempted.yaml"]
+    stop = threading.Event()
+    preemption = threading.Thread(target=preempt_when_past, args=(workdir / "logs/finetune/dense-s1.log", 300, stop))
+    preemption.start()
+    try:
+        rows = run_on_slurm(workdir, ci_profile(tmp_path / "profile", retries=2), f"{CONTROL}/model.pt", *configs)
+    finally:
+        stop.set()
+        preemption.join()
+    attempts = [state for comment, _, state, _ in rows if comment.startswith("rule_finetune")]
+    assert attempts == ["FAILED", "COMPLETED"], attempts
+    resumed_at = re.search(r"resumed from \S+ at step (\d+)", (workdir / "logs/finetune/dense-s1.log").read_text())
+    assert resumed_at and int(resumed_at.group(1)) % 200 == 0 and int(resumed_at.group(1)) >= 200
+    assert_equals_uninterrupted_run(workdir, tmp_path / "reference", configs)
