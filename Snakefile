@@ -20,6 +20,16 @@ include: "rules/quantize.smk"
 include: "rules/report.smk"
 
 
+# A profile's groups (profiles/slurm: fewer submissions) must name this workflow's rules and groups. Snakemake sets
+# them after parsing, so they are checked when the run starts, before any job.
+onstart:
+    try:
+        study.check_groups(dict(workflow.group_settings.overwrite_groups),
+                           dict(workflow.group_settings.group_components), {r.name for r in workflow.rules})
+    except study.ConfigError as err:
+        raise WorkflowError(f"invalid profile: {err}") from None
+
+
 rule all:
     input:
         "results/report.html",

@@ -193,3 +193,16 @@ def check(config: dict, schema: str = SCHEMA) -> None:
 
     validate_schema(config, schema)
     validate(config)
+
+
+def check_groups(groups: dict[str, str], components: dict[str, int], rules: set[str]) -> None:
+    """A profile's `groups` (rule -> group) must name rules of the workflow and `group-components` (group -> count)
+    groups that exist: Snakemake would otherwise leave a misspelt rule ungrouped, one submission per job, silently."""
+    unknown = sorted(set(groups) - rules)
+    if unknown:
+        raise ConfigError(f"groups (profile or --groups) names {unknown}, not rules of this workflow; "
+                          f"its rules: {sorted(rules)}")
+    missing = sorted(set(components) - set(groups.values()))
+    if missing:
+        raise ConfigError(f"group-components (profile or --group-components) names {missing}, which no rule is "
+                          f"grouped into; groups: {sorted(set(groups.values()))}")

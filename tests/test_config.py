@@ -177,3 +177,12 @@ def test_parsing_the_workflow_imports_no_torch(tmp_path):
                          env=project_env(workdir), timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "heavy modules: []" in run.stdout, run.stdout
+
+
+def test_profile_groups_must_name_rules_and_groups_of_the_workflow():
+    rules = {"evaluate", "quantize", "finetune"}
+    study.check_groups({"evaluate": "models", "quantize": "models"}, {"models": 100}, rules)
+    with pytest.raises(ConfigError, match=r"groups \(profile or --groups\) names \['evalute'\], not rules"):
+        study.check_groups({"evalute": "models"}, {}, rules)
+    with pytest.raises(ConfigError, match=r"group-components .* names \['model'\], which no rule is grouped into"):
+        study.check_groups({"evaluate": "models"}, {"model": 100}, rules)

@@ -43,10 +43,12 @@ def ci_profile(dest: Path, finetune_minutes: int = 30, retries: int | None = Non
     profile["latency-wait"] = 5
     profile["retries"] = retries or profile["retries"]
     profile["default-resources"].update({"mem_mb": 1500, "cpus_per_task": 1})
-    for rule, resources in profile["set-resources"].items():
-        assert resources["gres"] == "gpu:1", rule  # kept: the cluster's gres must reach the training jobs
+    training = [rule for rule, resources in profile["set-resources"].items() if "gres" in resources]
+    assert sorted(training) == ["finetune", "train_baseline"]
+    for rule in training:
+        assert profile["set-resources"][rule]["gres"] == "gpu:1", rule  # kept: the gres must reach the training jobs
         minutes = finetune_minutes if rule == "finetune" else 30
-        resources.update({"cpus_per_task": 2, "mem_mb": 3000, "runtime": minutes})
+        profile["set-resources"][rule].update({"cpus_per_task": 2, "mem_mb": 3000, "runtime": minutes})
         profile["set-threads"][rule] = 2
     dest.mkdir(parents=True)
     (dest / "config.yaml").write_text(yaml.safe_dump(profile))
@@ -62,31 +64,35 @@ def run_on_slurm(workdir: Path, profile: Path, *args) -> list[list[str]]:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     listing = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "Comment,Partition,State,AllocTRES", "-S", since],
                              capture_output=True, text=True, check=True).stdout
-    return [line.split("|") for line in listing.splitlines() if line.startswith("rule_")]
+    return [line.split("|") for line in listing.splitlines() if line.startswith(("rule_", "group_"))]
 
 
-# The tiny study cut to one criterion, one seed and one recovery method: every rule still runs, 22 jobs instead of 61.
+# The tiny study cut to one criterion, one seed and one recovery method: every rule still runs, 24 jobs instead of 63.
 ONE_OF_EACH = {"seeds": [1], "pruning": {"criteria": ["l1"]}, "finetune": {"methods": ["distill"]}}
 
 
 def test_a_study_on_slurm(cluster, tmp_path):
+    """The real profile's routing and grouping: the training jobs on the GPU partition with the GPU resource, the
+    CPU jobs in three group jobs and the benchmark, the local rules on the submitting host: 7 submissions."""
     workdir = copy_project(tmp_path / "study")
     (workdir / "config/one_of_each.yaml").write_text(yaml.safe_dump(ONE_OF_EACH))
     rows = run_on_slurm(workdir, ci_profile(tmp_path / "profile"), "all", "--configfile", "config/ci.yaml",
                         "config/one_of_each.yaml")
-    assert (workdir / "results/report.html").is_file()
+    assert (workdir / "results/report.html").is_file() and (workdir / "results/rulegraph.dot").is_file()
     assert rows and all(state == "COMPLETED" for _, _, state, _ in rows), rows
-    rules = {comment.split("_wildcards_")[0].removeprefix("rule_"): partition for comment, partition, _, _ in rows}
-    # every rule but the local ones (rulegraph, summary, report), which run on the submitting host
-    assert set(rules) == {"prepare_corpus", "train_tokenizer", "tokenize", "train_baseline", "analyze", "evaluate",
-                          "score_importance", "prune", "finetune", "quantize", "benchmark"}, rules
-    on_gpu = sorted(c for c, p, _, _ in rows if p == "gpu")
-    # the baseline, the distilled fine-tune and the control, and nothing else
-    assert len(on_gpu) == 3 and all(c.startswith(("rule_train_baseline", "rule_finetune")) for c in on_gpu), on_gpu
+    partitions = {comment: partition for comment, partition, _, _ in rows}
+    assert partitions == {
+        "rule_corpus_prepare_corpus_tokenize_train_tokenizer": "cpu",
+        "rule_train_baseline": "gpu",
+        "rule_pruning_analyze_prune_score_importance": "cpu",
+        "rule_finetune_wildcards_dense-s1": "gpu",
+        "rule_finetune_wildcards_l1-t40-distill-s1": "gpu",
+        "rule_models_evaluate_quantize": "cpu",
+        "rule_benchmark": "cpu",
+    }, partitions
     with_gpu = sorted(c for c, _, _, tres in rows if "gres/gpu=1" in tres)
+    on_gpu = sorted(c for c, p in partitions.items() if p == "gpu")
     assert with_gpu == on_gpu, (with_gpu, on_gpu)  # allocated the GPU resource exactly where it was asked for
-    assert rules["prune"] == "cpu" and rules["benchmark"] == "cpu"
-    assert (workdir / "results/rulegraph.dot").is_file()
 
 
 # The control fine-tune of the tiny study, made long: 4200 steps of about 25 ms here, well past its one-minute time

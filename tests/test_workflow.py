@@ -110,6 +110,15 @@ def test_bad_config_fails_before_any_job(tmp_path):
     assert not (workdir / "results").exists()
 
 
+def test_a_profile_grouping_an_unknown_rule_fails_before_any_job(tmp_path):
+    workdir = copy_project(tmp_path)
+    run = snakemake(workdir, "all", "--cores", "1", "--configfile", "config/ci.yaml", "--groups", "evalute=models",
+                    check=False)
+    assert run.returncode != 0
+    assert "invalid profile: groups (profile or --groups) names ['evalute']" in run.stdout + run.stderr
+    assert not (workdir / "results").exists()
+
+
 def test_same_config_and_seed_give_identical_numbers(study, tmp_path):
     """The baseline branch of the tiny study, run again in a fresh copy, gives the same metrics and weights."""
     import torch
