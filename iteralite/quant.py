@@ -357,9 +357,10 @@ def load_quantized(path, device="cpu", path_mode: str = "auto", blob: dict | Non
     return model
 
 
-def load_model(path, int4_path: str) -> nn.Module:
-    """An fp32 checkpoint or an INT4 file, as a CPU inference model; an INT4 file takes the matmul path `int4_path`."""
+def load_model(path, int4_path: str, device="cpu") -> nn.Module:
+    """An fp32 checkpoint or an INT4 file, as an inference model on `device`; an INT4 file takes the matmul path
+    `int4_path`."""
     blob = load_torch(path, "model file")  # read once, whichever format it holds
     if isinstance(blob, dict) and blob.get("format") == INT4_FORMAT:
-        return load_quantized(path, path_mode=int4_path, blob=blob)
-    return load_checkpoint(path, blob=blob)[0]
+        return load_quantized(path, device=device, path_mode=int4_path, blob=blob)
+    return load_checkpoint(path, blob=blob)[0].to(device).eval()

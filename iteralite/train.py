@@ -300,6 +300,9 @@ def train(
         for group in optimizer.param_groups:  # a state saved on another device brings that device's settings
             group.update(lr=torch.tensor(cfg.lr, device=device) if graphed else cfg.lr, foreach=graphed,
                          capturable=graphed)
+        if graphed:  # a capturable AdamW keeps its step counts on the device
+            for param_state in optimizer.state.values():
+                param_state["step"] = param_state["step"].to(device, torch.float32)
         windows.generator.set_state(saved["data_rng"])
         state = saved["loop"]
         log.info("resumed from %s at step %d", resume_path, state["step"])

@@ -21,6 +21,11 @@ class CalibrationStats:
     routing: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> routing-weighted output norm per expert
     skip_loss: dict[tuple[str, int], float] = field(default_factory=dict)  # (block kind, layer) -> loss increase
 
+    def to(self, device) -> CalibrationStats:
+        """The same statistics with every tensor on `device` (calibration may run on a GPU, scoring on the CPU)."""
+        move = lambda tensors: {k: v.to(device) for k, v in tensors.items()}
+        return CalibrationStats(move(self.taylor), move(self.input_norms), move(self.routing), dict(self.skip_loss))
+
 
 class Criterion:
     name = "base"

@@ -9,7 +9,7 @@ from .. import naming, quant
 from ..artifacts import write_json
 from ..data import eval_windows, load_tokens
 from ..model import count_parameters
-from ..train import perplexity
+from ..train import perplexity, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ def model_row(model_id: str, path: str, model) -> dict:
 
 
 def evaluate(model_id: str, model_path: str, tokens_path: str, test_tokens: int, out_json: str) -> None:
-    model = quant.load_model(model_path, EVALUATION_INT4_PATH)
+    """On the job's device: a GPU where the job has one (pick_device("auto")), so that it does not idle."""
+    model = quant.load_model(model_path, EVALUATION_INT4_PATH, pick_device("auto"))
     tokens, _ = load_tokens(tokens_path)
     row = model_row(model_id, model_path, model)
     row["test_ppl"] = perplexity(model, tokens["test"], test_tokens)

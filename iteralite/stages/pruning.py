@@ -15,7 +15,7 @@ from ..artifacts import load_torch, save_torch, write_csv, write_json
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..pruning import criteria, planner, schedule, surgery
 from ..pruning.groups import build_groups
-from ..train import TrainConfig, train
+from ..train import TrainConfig, pick_device, train
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,10 @@ def _scores(model, criterion: str, expert_criterion: str | None, seed: int, trai
     copy, so the model scored stays as it was)."""
     stats = criteria.CalibrationStats()
     if calibration:
+        device = pick_device("auto")  # the job's GPU where it has one
         windows = data.TokenWindows(train_tokens, model.cfg.max_seq, calibration["batch_size"], seed)
-        stats = criteria.calibrate(copy.deepcopy(model), [windows.next() for _ in range(calibration["batches"])],
-                                   calibration["aux_loss_weight"])
+        batches = [windows.next().to(device) for _ in range(calibration["batches"])]
+        stats = criteria.calibrate(copy.deepcopy(model).to(device), batches, calibration["aux_loss_weight"]).to("cpu")
     return criteria.score_groups(model, criterion, stats, seed, expert_criterion)
 
 
