@@ -27,17 +27,25 @@ NUM_WARPS = 1
 
 
 @triton.jit
+def _block_parameters(A_ptr, B_ptr, C_ptr, D_ptr, channels, states, d_inner, N: tl.constexpr):
+    """A (n,), B transposed and C as (block, n), D (block,) of one block of channels, and the masks of the block's
+    channels and of its (channel, state) pairs (the state lanes are padded to a power of two)."""
+    c_ok, n_ok = channels < d_inner, states < N
+    both_ok = c_ok[:, None] & n_ok[None, :]
+    A = tl.load(A_ptr + states, mask=n_ok, other=0.0)
+    Bt = tl.load(B_ptr + states[None, :] * d_inner + channels[:, None], mask=both_ok, other=0.0)
+    C = tl.load(C_ptr + channels[:, None] * N + states[None, :], mask=both_ok, other=0.0)
+    D = tl.load(D_ptr + channels, mask=c_ok, other=0.0)
+    return A, Bt, C, D, c_ok, both_ok
+
+
+@triton.jit
 def _scan_forward(x_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr, length, d_inner,
                   N: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     channels = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     states = tl.arange(0, N_PAD)
-    c_ok, n_ok = channels < d_inner, states < N
-    both_ok = c_ok[:, None] & n_ok[None, :]
-    A = tl.load(A_ptr + states, mask=n_ok, other=0.0)  # (n,)
-    Bt = tl.load(B_ptr + states[None, :] * d_inner + channels[:, None], mask=both_ok, other=0.0)  # (block, n)
-    C = tl.load(C_ptr + channels[:, None] * N + states[None, :], mask=both_ok, other=0.0)  # (block, n)
-    D = tl.load(D_ptr + channels, mask=c_ok, other=0.0)
+    A, Bt, C, D, c_ok, both_ok = _block_parameters(A_ptr, B_ptr, C_ptr, D_ptr, channels, states, d_inner, N)
     h = tl.zeros((BLOCK, N_PAD), dtype=tl.float32)
     base = row * length * d_inner
     for t in range(length):
@@ -56,12 +64,7 @@ def _scan_backward(x_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, gy_ptr, states_
     row = tl.program_id(0).to(tl.int64)
     channels = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     states = tl.arange(0, N_PAD)
-    c_ok, n_ok = channels < d_inner, states < N
-    both_ok = c_ok[:, None] & n_ok[None, :]
-    A = tl.load(A_ptr + states, mask=n_ok, other=0.0)
-    Bt = tl.load(B_ptr + states[None, :] * d_inner + channels[:, None], mask=both_ok, other=0.0)
-    C = tl.load(C_ptr + channels[:, None] * N + states[None, :], mask=both_ok, other=0.0)
-    D = tl.load(D_ptr + channels, mask=c_ok, other=0.0)
+    A, Bt, C, D, c_ok, both_ok = _block_parameters(A_ptr, B_ptr, C_ptr, D_ptr, channels, states, d_inner, N)
     base = row * length * d_inner
     block_states = channels[:, None] * N_PAD + states[None, :]  # (block, n) offsets within one time step
     # Pass 1: recompute h_t for every t into the scratch buffer.

@@ -26,8 +26,10 @@ from iteralite.checkpoint import load_checkpoint
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster():
+    """Up until the session ends: with Slurm's tools installed and no controller answering, every later Snakemake
+    start waits about 10 s (the Slurm plugin asks `scontrol show config` when Snakemake loads it)."""
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip("the local Slurm cluster needs root and apt-get")
     up = subprocess.run(["bash", str(ROOT / "tools/slurm-cluster.sh"), "up"], capture_output=True, text=True,
