@@ -307,7 +307,28 @@ def train(
         state = saved["loop"]
         log.info("resumed from %s at step %d", resume_path, state["step"])
 
+    tokens_per_step = cfg.batch_size * model.cfg.max_seq
+    started = time.perf_counter() - state["elapsed"]
+    pending = []  # (curve row, losses on the device) of steps not yet read back: one host sync per flush
+    window_start = time.perf_counter()
+
+    def flush():
+        """Read the pending steps' losses (one sync) and complete their curve rows; the rate is the window's."""
+        nonlocal window_start
+        if not pending:
+            return
+        values = torch.stack([losses for _, losses in pending]).tolist()
+        now = time.perf_counter()
+        state["elapsed"] = now - started
+        for (row, _), (loss, ce, balance) in zip(pending, values):
+            row.update(train_loss=ce, loss=loss, balance_loss=balance,
+                       tokens_per_s=tokens_per_step * len(pending) / (now - window_start))
+        state["curve"].extend(row for row, _ in pending)
+        pending.clear()
+        window_start = now
+
     def save_state():
+        flush()  # the saved curve holds every step taken
         if resume_path:
             save_torch(
                 resume_path,
@@ -333,26 +354,6 @@ def train(
         patience = cfg.early_stopping_patience
         return patience is not None and state["stale_evals"] >= patience
 
-    tokens_per_step = cfg.batch_size * model.cfg.max_seq
-    started = time.perf_counter() - state["elapsed"]
-    pending = []  # (curve row, losses on the device) of steps not yet read back: one host sync per flush
-
-    def flush():
-        """Read the pending steps' losses (one sync) and complete their curve rows; the rate is the window's."""
-        if not pending:
-            return
-        values = torch.stack([losses for _, losses in pending]).tolist()
-        now = time.perf_counter()
-        state["elapsed"] = now - started
-        window = now - flush.since
-        for (row, _), (loss, ce, balance) in zip(pending, values):
-            row.update(train_loss=ce, loss=loss, balance_loss=balance,
-                       tokens_per_s=tokens_per_step * len(pending) / window)
-        state["curve"].extend(row for row, _ in pending)
-        pending.clear()
-        flush.since = now
-
-    flush.since = time.perf_counter()
     example = torch.zeros(cfg.batch_size, model.cfg.max_seq + 1, dtype=torch.long, device=device)
     step_fn = training_step(model, optimizer, cfg, teacher, device, example)
     with _SignalFlag() as stop_signal:
@@ -367,8 +368,7 @@ def train(
             out_of_time = cfg.max_minutes is not None and time.perf_counter() - started > cfg.max_minutes * 60
             last = step == total or out_of_time
             evaluating = step % cfg.eval_every == 0 or last
-            if step % cfg.log_every == 0 or step == 1 or evaluating or stop_signal.received \
-                    or step % cfg.checkpoint_every == 0:
+            if step % cfg.log_every == 0 or step == 1 or evaluating:
                 flush()
             if step % cfg.log_every == 0 or step == 1:
                 row = state["curve"][-1]
@@ -389,6 +389,7 @@ def train(
                 )
             if step % cfg.checkpoint_every == 0:
                 save_state()
+    flush()
     if state["best_state"] is not None:
         model.load_state_dict(state["best_state"])
     return model, state["curve"]
