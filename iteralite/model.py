@@ -165,8 +165,9 @@ class MoEBlock(nn.Module):
 
 
 # Where every expert runs on every token (MoEBlock._dense_mix). On a GPU the gathered mix is bound by its host syncs
-# and launches, and its changing shapes rule out CUDA graphs; on CPU the gathered mix is faster (`make bench-train`
-# prints both). Routing statistics (importance scores) always take the gathered mix.
+# and launches, and its changing shapes rule out CUDA graphs; on CPU the two cost the same per training step
+# (`make bench-train` prints both), and the gathered mix does fewer FLOPs. Routing statistics (importance scores)
+# always take the gathered mix.
 DENSE_DISPATCH_DEVICES = {"cuda"}
 
 

@@ -1,8 +1,9 @@
 """`make bench-train`: the training step of the project's path against the reference path and the no-scan floor,
 side by side in one process, on the same batches, repeats interleaved, medians; and the process's peak memory.
 
-On CPU: the fused numba scan, the reference scan (torch ops), and the scan replaced by y = D * x (the floor: what a
-step costs without any scan), eager steps. On CUDA: the project's path (Triton scan, static-shape MoE dispatch, the
+On CPU: the fused numba scan, the same with the GPU's MoE dispatch (every expert on every token), the reference scan
+(torch ops), and the scan replaced by y = D * x (the floor: what a step costs without any scan), eager steps.
+On CUDA: the project's path (Triton scan, static-shape MoE dispatch, the
 step as one CUDA graph), the same path eager, the reference path (reference scan, gathered MoE, eager: the path before
 the GPU kernels) and the floor (graphed).
 
@@ -46,12 +47,14 @@ SIZES = {
 # variant -> (scan implementation, dense MoE dispatch, graphed step), per device type; the first is the project's
 # path and "floor" the no-scan floor.
 VARIANTS = {
-    "cpu": {"fused": ("auto", False, False), "reference": ("reference", False, False),
-            "delta": ("delta", False, False), "floor": ("none", False, False)},
+    "cpu": {"fused": ("auto", False, False), "dense_moe": ("auto", True, False),
+            "reference": ("reference", False, False), "delta": ("delta", False, False),
+            "floor": ("none", False, False)},
     "cuda": {"project": ("auto", True, True), "eager": ("auto", True, False),
              "reference": ("reference", False, False), "floor": ("none", True, True)},
 }
-LABELS = {"fused": "project's scan (fused CPU kernel)", "reference": "reference scan (torch ops), eager",
+LABELS = {"fused": "project's scan (fused CPU kernel)", "dense_moe": "the same, every expert on every token",
+          "reference": "reference scan (torch ops), eager",
           "delta": "no scan, delta's path kept", "floor": "no scan (y = D * x)",
           "project": "Triton scan, dense MoE, CUDA graph", "eager": "Triton scan, dense MoE, eager"}
 
@@ -69,7 +72,7 @@ def settings(variant: tuple[str, bool, bool]):
     """Set the scan implementation and the MoE dispatch of a variant (read when a step runs or is captured)."""
     implementation, dense_moe, _ = variant
     scan.IMPLEMENTATION = implementation
-    model_module.DENSE_DISPATCH_DEVICES = {"cuda"} if dense_moe else set()
+    model_module.DENSE_DISPATCH_DEVICES = {"cpu", "cuda"} if dense_moe else set()
 
 
 def make_step(model: IteraLite, cfg: TrainConfig, device: torch.device, variant, seq: int):
