@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 import time
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -33,13 +34,34 @@ def tiny_model(tiny_cfg):
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# A forward and backward pass with one thread and with two: numba compiles the scan kernels' serial and parallel
+# variants (about 27 s here) and caches them in iteralite/__pycache__.
+COMPILE_KERNELS = """
+import torch
+from iteralite.model import IteraLite, IteraLiteConfig
+model = IteraLite(IteraLiteConfig(vocab_size=64, d_model=16, n_layers=2, max_seq=8, d_inner=16, d_state=4, d_conv=4,
+                                  n_experts=2, expert_hidden=8, top_k=2))
+for threads in (1, 2):
+    torch.set_num_threads(threads)
+    model(torch.zeros(1, 8, dtype=torch.long))[0].sum().backward()
+"""
+
+
+@cache
+def compile_kernels() -> None:
+    subprocess.run([sys.executable, "-c", COMPILE_KERNELS], cwd=ROOT, check=True, env=project_env(ROOT))
+
+
 def copy_project(dest: Path) -> Path:
-    """The workflow and its own copy of the package, so a test can edit the package code the workflow runs."""
+    """The workflow and its own copy of the package, so a test can edit the package code the workflow runs. The
+    copy takes numba's cache of the compiled kernels with it (keyed by each source file's size and time, which the
+    copy keeps): each copy would otherwise compile them again in its first job."""
+    compile_kernels()
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "rules", "scripts", "config", "report", "profiles", "envs"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
-    shutil.copytree(ROOT / "iteralite", dest / "iteralite", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "iteralite", dest / "iteralite")
     return dest
 
 
