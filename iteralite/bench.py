@@ -14,8 +14,16 @@ import torch
 from .data import eval_windows
 
 
-def machine() -> str:
-    return f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}"
+def machine(device: torch.device) -> str:
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return f"{platform.machine()} {os.cpu_count()} cpus{gpu}, torch {torch.__version__}"
+
+
+def _clock(device: torch.device) -> float:
+    """Seconds, once every kernel queued on `device` has finished (CUDA runs them asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def weight_bytes(model) -> int:
@@ -49,9 +57,9 @@ def peak_forward_bytes(model, batch) -> int:
 
 @torch.no_grad()
 def _time_forward(model, batch) -> float:
-    start = time.perf_counter()
+    start = _clock(batch.device)
     model(batch)
-    return time.perf_counter() - start
+    return _clock(batch.device) - start
 
 
 TIMED_STEPS = 8  # one step takes milliseconds: a block of steps is timed to keep clock jitter out of the figure
@@ -71,17 +79,18 @@ def _prefill(model, prompt, context: int):
 def _time_step(model, prompt, context: int, cache) -> float:
     """Seconds per generation step over the last steps up to position context-1, from the prefilled `cache`."""
     first = max(0, context - TIMED_STEPS)
-    start = time.perf_counter()
+    start = _clock(prompt.device)
     for position in range(first, context):
         _, cache = model.step(prompt[:, position], position, cache)
-    return (time.perf_counter() - start) / (context - first)
+    return (_clock(prompt.device) - start) / (context - first)
 
 
-def measure(models: dict, test_tokens: torch.Tensor, batch_size: int, repeats: int,
-            contexts: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Batched forward throughput and per-token step latency at each context, interleaved repeats, medians."""
+def measure(models: dict, test_tokens: torch.Tensor, batch_size: int, repeats: int, contexts: list[int],
+            device: torch.device) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Batched forward throughput and per-token step latency at each context, interleaved repeats, medians; the
+    models are on `device`."""
     seq = min(m.cfg.max_seq for m in models.values())
-    batch = eval_windows(test_tokens, seq, batch_size * seq)[:batch_size, :seq]
+    batch = eval_windows(test_tokens, seq, batch_size * seq)[:batch_size, :seq].to(device)
     contexts = [c for c in contexts if c <= seq]
     prompt = batch[:1]
     forward = {name: [] for name in models}
@@ -103,7 +112,7 @@ def measure(models: dict, test_tokens: torch.Tensor, batch_size: int, repeats: i
          "weight_mem_mb": weight_bytes(model) / 2**20, "peak_mem_mb": peak_forward_bytes(model, batch) / 2**20,
          "int4_path": getattr(model, "int4_path", ""),
          "batch": f"{batch_size}x{seq}", "threads": threads,
-         "repeats": repeats, "machine": machine()}
+         "repeats": repeats, "device": device.type, "machine": machine(device)}
         for name, model in models.items()
     ])
     latency = pd.DataFrame([
@@ -114,14 +123,15 @@ def measure(models: dict, test_tokens: torch.Tensor, batch_size: int, repeats: i
 
 
 @torch.no_grad()
-def samples(models: dict, tokenizer, prompts: list[str], new_tokens: int, seed: int = 0) -> dict:
-    """Sampled continuations of the same prompts by every model (temperature 0.8, the same seed)."""
+def samples(models: dict, tokenizer, prompts: list[str], new_tokens: int, device: torch.device,
+            seed: int = 0) -> dict:
+    """Sampled continuations of the same prompts by every model on `device` (temperature 0.8, the same seed)."""
     out = {}
     for name, model in models.items():
         texts = []
         for prompt in prompts:
-            ids = torch.tensor([tokenizer.encode(prompt).ids[: model.cfg.max_seq - 1]])
-            generated = model.generate(ids, new_tokens, 0.8, torch.Generator().manual_seed(seed))
+            ids = torch.tensor([tokenizer.encode(prompt).ids[: model.cfg.max_seq - 1]], device=device)
+            generated = model.generate(ids, new_tokens, 0.8, torch.Generator(device).manual_seed(seed))
             texts.append(tokenizer.decode(generated[0].tolist()))
         out[name] = texts
     return out

@@ -417,8 +417,8 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
         "<h1>IteraLite compression study</h1>",
         f"<p>Corpus: {html.escape(corpus.get('origin', corpus['source']))}; "
         f"{corpus['splits']['train']['words']:,} training words. "
-        f"Machine: {html.escape(str(speed['machine'].iloc[0]))}, "
-        f"{int(speed['threads'].iloc[0])} thread(s) for the speed figures.</p>",
+        f"Speed figures on {html.escape(str(speed['device'].iloc[0]))} "
+        f"({html.escape(str(speed['machine'].iloc[0]))}), {int(speed['threads'].iloc[0])} thread(s).</p>",
         "<h2>Findings</h2>", "".join(f"<p>{html.escape(line)}</p>" for line in findings(families)),
         "<h2>Workflow</h2>", rulegraph_plot(open(inputs["rulegraph"], encoding="utf-8").read()),
         "<h2>Summary</h2><p>One row per model and seed (results/metrics/summary.csv).</p>",

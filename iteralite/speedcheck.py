@@ -47,9 +47,10 @@ def main(argv: list[str]) -> None:
     models = build_models(config)
     tokens = torch.randint(0, config["tokenizer"]["vocab_size"], (200_000,), generator=torch.Generator().manual_seed(0))
     settings = config["benchmark"]
-    speed, latency = bench.measure(models, tokens, settings["batch_size"], 7, settings["contexts"])
+    cpu = torch.device("cpu")
+    speed, latency = bench.measure(models, tokens, settings["batch_size"], 7, settings["contexts"], cpu)
     base = speed.iloc[0]
-    print(f"{bench.machine()}, {threads} thread(s), batch {base['batch']}, median of 7, side by side\n")
+    print(f"{bench.machine(cpu)}, {threads} thread(s), batch {base['batch']}, median of 7, side by side\n")
     for tokens in (1024, 1):
         int4, fp32 = quant.matmul_seconds(tokens=tokens)
         print(f"LM head matmul, {tokens} tokens x 128 -> 8000, group 32: int4 kernel {1000 * int4:.2f} ms, "

@@ -168,8 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     bound_native_caches()
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    print(f"{machine()}{gpu}, {args.threads} thread(s); GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}, "
+    print(f"{machine(device)}, {args.threads} thread(s); GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}, "
           f"ONEDNN_PRIMITIVE_CACHE_CAPACITY={os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']}")
     results = {size: bench_size(config, size, device, args.repeats) for size in sizes}
     if {"L", "L128"} <= set(results):

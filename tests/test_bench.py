@@ -1,5 +1,6 @@
 import copy
 
+import pytest
 import torch
 
 from iteralite import bench
@@ -22,3 +23,37 @@ def test_timed_steps_start_from_a_prefilled_cache_they_never_change(tiny_model):
         logits, _ = model.step(prompt[:, first], first, cache)
         full = model(prompt[:, : first + 1])[0][:, first]
     torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-5)
+
+
+def measure_on(device: torch.device, model):
+    """The benchmark and the samples of one model on `device`."""
+    models = {"baseline/dense": copy.deepcopy(model).to(device)}
+    tokens = torch.randint(0, model.cfg.vocab_size, (2000,), generator=torch.Generator().manual_seed(0))
+    speed, latency = bench.measure(models, tokens, 2, 1, [8, 16], device)
+    return speed, latency, bench.samples(models, FakeTokenizer(), ["a b c"], 4, device)
+
+
+class FakeTokenizer:
+    """Ids in, ids out, as text: samples need only encode(...).ids and decode."""
+
+    def encode(self, text):
+        return type("Encoding", (), {"ids": [ord(ch) % 50 for ch in text]})
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def test_the_benchmark_records_the_device_it_ran_on(tiny_model):
+    speed, latency, samples = measure_on(torch.device("cpu"), tiny_model)
+    assert speed["device"].tolist() == ["cpu"] and latency["context"].tolist() == [8, 16]
+    assert samples == measure_on(torch.device("cpu"), tiny_model)[2]  # the same seed, the same continuation
+    assert len(samples["baseline/dense"][0].split()) == len("a b c") + 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_benchmark_runs_on_cuda(tiny_model):
+    """The timers wait for the GPU's queued kernels; the samples draw from a generator on the GPU."""
+    speed, _, samples = measure_on(torch.device("cuda"), tiny_model)
+    assert speed["device"].tolist() == ["cuda"] and torch.cuda.get_device_name() in speed["machine"].iloc[0]
+    assert len(samples["baseline/dense"][0].split()) == len("a b c") + 4

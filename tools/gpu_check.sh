@@ -5,5 +5,5 @@
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-python3 -m pytest -q -p no:cacheprovider tests/test_scan_triton.py tests/test_train.py -k "triton or cuda or graphed" 2>&1 | tail -15
+python3 -m pytest -q -p no:cacheprovider tests/test_scan_triton.py tests/test_train.py tests/test_bench.py -k "triton or cuda or graphed" 2>&1 | tail -15
 timeout 240 python3 -m iteralite.trainbench config/config.yaml 16 10 --device cuda --sizes S,M,L,L128

@@ -6,18 +6,23 @@ import torch
 
 from .. import bench, data, quant
 from ..artifacts import write_csv, write_json
+from ..train import pick_device
 
 
 def benchmark(model_ids: list[str], paths: list[str], tokens_path: str, tokenizer_path: str, settings: dict,
               out: dict) -> None:
-    """Fixed threads, interleaved repeats, medians. `settings` is the config's benchmark section. INT4 models take
-    the fastest matmul path for this machine (`auto`); the speed table records the path each took."""
+    """Fixed threads, interleaved repeats, medians, on the job's device: a GPU where the job has one
+    (pick_device("auto")), the CPU otherwise; the speed table records it. `settings` is the config's benchmark
+    section. INT4 models take the fastest matmul path for that device (`auto`); the speed table records the path
+    each took."""
     torch.set_num_threads(settings["threads"])
-    models = {m: quant.load_model(p, "auto") for m, p in zip(model_ids, paths)}
+    device = pick_device("auto")
+    models = {m: quant.load_model(p, "auto", device) for m, p in zip(model_ids, paths)}
     tokens, _ = data.load_tokens(tokens_path)
     speed, latency = bench.measure(models, tokens["test"], settings["batch_size"], settings["repeats"],
-                                   settings["contexts"])
+                                   settings["contexts"], device)
     write_csv(out["speed"], speed)
     write_csv(out["latency"], latency)
     tokenizer = data.load_tokenizer(tokenizer_path)
-    write_json(out["samples"], bench.samples(models, tokenizer, settings["prompts"], settings["sample_tokens"]))
+    write_json(out["samples"], bench.samples(models, tokenizer, settings["prompts"], settings["sample_tokens"],
+                                             device))
