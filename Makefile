@@ -23,7 +23,7 @@ run: setup  ## run the default study locally; leaves results/report.html
 	$(SNAKEMAKE) --cores $(CORES) all
 
 test: setup  ## the whole test suite (unit, workflow, Slurm where the local cluster can be started)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
 lint: setup  ## ruff and snakemake --lint
 	$(VENV)/bin/ruff check .
