@@ -143,9 +143,9 @@ class Int4Linear(nn.Module):
         return x2d.float() @ self.weight_fp32().t()
 
     def forward(self, x):  # (..., K) -> (..., N)
-        if self.unpacked is not None:
-            return F.linear(x.float(), self.unpacked, self.bias)  # the op of the float32 model's nn.Linear
         x2d = x.reshape(-1, self.in_features)
+        if self.unpacked is not None:  # the float32 model's op on the rows it folds a (b, l, K) input into
+            return F.linear(x2d.float(), self.unpacked, self.bias).reshape(*x.shape[:-1], self.out_features)
         y = self._kernel(x2d) if self.packed is not None else self._fallback(x2d)
         if self.bias is not None:
             y = y + self.bias
