@@ -71,7 +71,7 @@ def run_on_slurm(workdir: Path, profile: Path, *args) -> list[list[str]]:
 
 
 # The tiny study cut to one criterion, one seed, one recovery method and one INT4 copy: every rule still runs, 20
-# jobs instead of 63.
+# jobs instead of 47.
 ONE_OF_EACH = {"seeds": [1], "pruning": {"criteria": ["l1"]}, "finetune": {"methods": ["distill"]},
                "quantize": {"models": ["baseline/dense"]}}
 

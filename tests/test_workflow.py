@@ -32,8 +32,8 @@ def test_dry_run_lists_every_rule(tmp_path):
     workdir = copy_project(tmp_path)
     jobs = planned_jobs(snakemake(workdir, "all", "-n", "--cores", "2", "--configfile", "config/ci.yaml"))
     assert set(RULES) <= set(jobs), set(RULES) - set(jobs)
-    # 2 criteria x 2 seeds pruned; each by 2 methods, plus the control per seed; INT4 of those and the baseline
-    assert jobs["score_importance"] == 4 and jobs["prune"] == 4 and jobs["finetune"] == 10 and jobs["quantize"] == 11
+    # 2 criteria x 2 seeds pruned; each by 2 methods, plus the control per seed; INT4 of the two quantize.models
+    assert jobs["score_importance"] == 4 and jobs["prune"] == 4 and jobs["finetune"] == 10 and jobs["quantize"] == 2
 
 
 def test_lint_is_clean():
@@ -48,7 +48,7 @@ def test_every_artifact_is_produced(study):
                 "analysis/params.csv", "analysis/groups.csv", "models/baseline/dense/model.pt",
                 "models/baseline/dense/curve.csv", "importance/l1-s1.pt", "importance/random-s2.csv",
                 "models/pruned/l1-t40-s2/prune_stats.json", "models/finetuned/dense-s1/model.pt",
-                "models/int4-finetuned/l1-t40-distill-s2/quant_stats.json", "bench/speed.csv", "bench/latency.csv",
+                "models/int4-finetuned/l1-t40-distill-s1/quant_stats.json", "bench/speed.csv", "bench/latency.csv",
                 "bench/samples.json", "metrics/summary.csv", "report.html"]
     missing = [p for p in expected if not (results / p).is_file()]
     assert not missing
@@ -61,7 +61,7 @@ def test_summary_has_a_complete_row_per_model(study):
     assert list(summary.columns[:12]) == ["model", "stage", "criterion", "target", "method", "seed", "params",
                                           "file_bytes", "test_ppl", "test_tokens", "tokens_per_s", "step_latency_ms"]
     assert (summary["test_tokens"] == 3968).all()  # 62 whole windows of 64 scored tokens within the budget of 4000
-    assert len(summary) == 26 and summary["model"].is_unique  # one row per model and seed
+    assert len(summary) == 17 and summary["model"].is_unique  # one row per model and seed
     assert not summary[["params", "file_bytes", "test_ppl", "tokens_per_s", "step_latency_ms"]].isna().any().any()
     by = summary.set_index("model")
     assert by.loc["pruned/l1-t40-s1", "params"] < 0.62 * by.loc["baseline/dense", "params"]
@@ -140,24 +140,23 @@ def dry_run(workdir, *configfiles):
 AFTER_FINETUNE = {"benchmark": 1, "summary": 1, "report": 1, "all": 1}
 
 # The tiny study: criteria l1 and random at target 0.4, seeds 1 and 2, methods distill and plain, the control per
-# seed, INT4 copies of the baseline and every fine-tune.
+# seed, INT4 copies of the baseline and of l1-t40-distill-s1.
 CONFIG_CHANGES = {
     "benchmark:\n  repeats: 3\n": AFTER_FINETUNE,
     # every model's evaluation, nothing upstream
-    "evaluate:\n  test_tokens: 3000\n": {"evaluate": 26, "summary": 1, "report": 1, "all": 1},
-    # 10 fine-tunes (8 variants and the 2 controls), their INT4 copies, evaluation of both
-    "finetune:\n  lr: 0.002\n": {"finetune": 10, "quantize": 10, "evaluate": 20, **AFTER_FINETUNE},
+    "evaluate:\n  test_tokens: 3000\n": {"evaluate": 17, "summary": 1, "report": 1, "all": 1},
+    # 10 fine-tunes (8 variants and the 2 controls), the INT4 copy of one, evaluation of all 11
+    "finetune:\n  lr: 0.002\n": {"finetune": 10, "quantize": 1, "evaluate": 11, **AFTER_FINETUNE},
     # the distilled fine-tunes only: plain ones and the controls never read the temperature
-    "finetune:\n  distill_temperature: 3.0\n": {"finetune": 4, "quantize": 4, "evaluate": 8, **AFTER_FINETUNE},
-    # the two new variants only: no retraining, no rescoring, the existing variants untouched
-    "pruning:\n  targets: [0.4, 0.3]\n": {"prune": 4, "finetune": 8, "quantize": 8, "evaluate": 20,
-                                          **AFTER_FINETUNE},
+    "finetune:\n  distill_temperature: 3.0\n": {"finetune": 4, "quantize": 1, "evaluate": 5, **AFTER_FINETUNE},
+    # the new variants only (no INT4 copies: none is named): no retraining, no rescoring, the existing ones untouched
+    "pruning:\n  targets: [0.4, 0.3]\n": {"prune": 4, "finetune": 8, "evaluate": 12, **AFTER_FINETUNE},
     # every prune and what follows; the scores do not depend on the allocation
-    "pruning:\n  pressure:\n    ssm_channels: 1.0\n": {"prune": 4, "finetune": 8, "quantize": 8, "evaluate": 20,
+    "pruning:\n  pressure:\n    ssm_channels: 1.0\n": {"prune": 4, "finetune": 8, "quantize": 1, "evaluate": 13,
                                                        **AFTER_FINETUNE},
-    "quantize:\n  group_size: 64\n": {"quantize": 11, "evaluate": 11, **AFTER_FINETUNE},
+    "quantize:\n  group_size: 64\n": {"quantize": 2, "evaluate": 2, **AFTER_FINETUNE},
     # a third seed: its own scores, pruned and fine-tuned models; speed is measured on the first seed only
-    "seeds: [1, 2, 3]\n": {"score_importance": 2, "prune": 2, "finetune": 5, "quantize": 5, "evaluate": 12,
+    "seeds: [1, 2, 3]\n": {"score_importance": 2, "prune": 2, "finetune": 5, "evaluate": 7,
                            "summary": 1, "report": 1, "all": 1},
 }
 
@@ -172,8 +171,8 @@ def test_a_config_change_reruns_exactly_what_it_can_change(study, tmp_path, chan
 CODE_EDITS = {
     "report.py": {"report": 1, "all": 1},
     # analyze and both criteria's scores; the pruned and fine-tuned variants, not the baseline nor the control
-    "pruning/groups.py": {"analyze": 1, "score_importance": 4, "prune": 4, "finetune": 8, "quantize": 8,
-                          "evaluate": 20, **AFTER_FINETUNE},
+    "pruning/groups.py": {"analyze": 1, "score_importance": 4, "prune": 4, "finetune": 8, "quantize": 1,
+                          "evaluate": 13, **AFTER_FINETUNE},
     "bench.py": AFTER_FINETUNE,
 }
 
