@@ -145,10 +145,10 @@ class Int4Linear(nn.Module):
     def forward(self, x):  # (..., K) -> (..., N)
         x2d = x.reshape(-1, self.in_features)
         if self.unpacked is not None:  # the float32 model's op on the rows it folds a (b, l, K) input into
-            return F.linear(x2d.float(), self.unpacked, self.bias).reshape(*x.shape[:-1], self.out_features)
-        y = self._kernel(x2d) if self.packed is not None else self._fallback(x2d)
-        if self.bias is not None:
-            y = y + self.bias
+            y = F.linear(x2d.float(), self.unpacked, self.bias)
+        else:
+            y = self._kernel(x2d) if self.packed is not None else self._fallback(x2d)
+            y = y if self.bias is None else y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
