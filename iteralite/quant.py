@@ -1,4 +1,4 @@
-"""INT4 weights: group-wise asymmetric 4-bit, two nibbles per byte, 16-bit scale and zero per group.
+"""INT4 weights: group-wise asymmetric 4-bit, two nibbles per byte, a 16-bit scale and a 4-bit zero point per group.
 
 Quantized: every Linear weight, the tied embedding / LM-head table (stored once) and the position embedding. Kept in
 16-bit floats (float32 again at load): tensors whose name contains an entry of `keep_high_precision` (A_log, D, conv1d,
@@ -18,8 +18,10 @@ float32 matmul, and the kernel is taken only if it is at least 10% faster in sum
 CUDA int4 kernel (tinygemm) is a batch-1 decode kernel, and this timing uses the CPU kernel. The path taken is
 recorded (`int4_path`) and lands in the summary.
 
-Dequantization: w = q * scale + zero, q in [0, 15], zero = the group's minimum. torch's kernels compute
-(q - 8) * scale + zero', so zero' = zero + 8 * scale.
+Dequantization: w = (q - zero_point) * scale, q and zero_point in [0, 15], the group's range widened to hold 0 so
+that 0 is exactly representable. This is the layout 4-bit kernels take natively (ONNX Runtime's MatMulNBits and
+GatherBlockQuantized, iteralite.onnxgraph), so the exported model computes these values with one node per layer.
+torch's int4 kernels compute (q - 8) * scale + zero', so zero' = (8 - zero_point) * scale.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .artifacts import CheckpointError, load_torch, save_torch
 from .checkpoint import load_checkpoint
 from .model import IteraLite, IteraLiteConfig, count_parameters
 
-INT4_FORMAT = "iteralite-int4-v2"  # v2: the tensors kept out of 4 bits are stored in float16
+INT4_FORMAT = "iteralite-int4-v3"  # v3: integer zero points (v2: float zeros); the tensors kept out of 4 bits in float16
 KERNEL_GROUP_SIZES = (32, 64, 128, 256)
 log = logging.getLogger(__name__)
 
@@ -49,15 +51,16 @@ def group_size_for(k: int, requested: int) -> int:
 
 
 def quantize_tensor(w: torch.Tensor, group_size: int) -> dict:
-    """(N, K) float -> nibbles (N, ceil(K/2)) uint8, scale and zero (N, K/group) float16."""
+    """(N, K) float -> nibbles (N, ceil(K/2)) uint8, scale (N, K/group) float16, zero_point (N, K/group) uint8."""
     n, k = w.shape
     gs = group_size_for(k, group_size)
     groups = w.detach().float().reshape(n, k // gs, gs)
-    low, high = groups.amin(-1), groups.amax(-1)
-    scale = ((high - low) / 15).clamp(min=1e-8).half()
-    zero = low.half()
-    q = torch.round((groups - zero.float().unsqueeze(-1)) / scale.float().unsqueeze(-1)).clamp(0, 15).to(torch.uint8)
-    return {"nibbles": pack_nibbles(q.reshape(n, k)), "scale": scale, "zero": zero, "group_size": gs, "k": k}
+    low, high = groups.amin(-1).clamp(max=0), groups.amax(-1).clamp(min=0)
+    scale = ((high - low) / 15).half().clamp(min=torch.finfo(torch.float16).tiny)  # an all-zero group stays exact
+    zero_point = torch.round(-low / scale.float()).clamp(0, 15)
+    q = torch.round(groups / scale.float().unsqueeze(-1) + zero_point.unsqueeze(-1)).clamp(0, 15).to(torch.uint8)
+    return {"nibbles": pack_nibbles(q.reshape(n, k)), "scale": scale, "zero_point": zero_point.to(torch.uint8),
+            "group_size": gs, "k": k}
 
 
 def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
@@ -73,10 +76,10 @@ def unpack_nibbles(packed: torch.Tensor, k: int) -> torch.Tensor:
     return q[:, :k]
 
 
-def dequantize(nibbles, scale, zero, group_size: int, k: int) -> torch.Tensor:
+def dequantize(nibbles, scale, zero_point, group_size: int, k: int) -> torch.Tensor:
     q = unpack_nibbles(nibbles, k).float()
     n = q.shape[0]
-    w = q.reshape(n, k // group_size, group_size) * scale.float().unsqueeze(-1) + zero.float().unsqueeze(-1)
+    w = (q.reshape(n, k // group_size, group_size) - zero_point.float().unsqueeze(-1)) * scale.float().unsqueeze(-1)
     return w.reshape(n, k)
 
 
@@ -87,7 +90,7 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.register_buffer("nibbles", qt["nibbles"])
         self.register_buffer("scale", qt["scale"])
-        self.register_buffer("zero", qt["zero"])
+        self.register_buffer("zero_point", qt["zero_point"])
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.group_size, self.in_features = qt["group_size"], qt["k"]
         self.out_features = qt["nibbles"].shape[0]
@@ -95,7 +98,7 @@ class Int4Linear(nn.Module):
         self.unpacked = None  # float32 weight, built by unpack()
 
     def weight_fp32(self) -> torch.Tensor:
-        return dequantize(self.nibbles, self.scale, self.zero, self.group_size, self.in_features)
+        return dequantize(self.nibbles, self.scale, self.zero_point, self.group_size, self.in_features)
 
     def unpack(self) -> None:
         """Dequantize once: float32 speed and memory from here on."""
@@ -108,7 +111,7 @@ class Int4Linear(nn.Module):
             return False
         device = self.nibbles.device
         q = unpack_nibbles(self.nibbles, k).to(torch.int32)
-        zero_k = self.zero.float() + 8 * self.scale.float()  # kernel computes (q - 8) * scale + zero'
+        zero_k = (8 - self.zero_point.float()) * self.scale.float()  # kernel computes (q - 8) * scale + zero'
         sz = torch.stack([self.scale.float(), zero_k], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
         try:
             if device.type == "cpu":
@@ -159,7 +162,7 @@ class Int4Embedding(Int4Linear):
         if self.unpacked is not None:
             return F.embedding(idx, self.unpacked)
         flat = idx.reshape(-1)
-        rows = dequantize(self.nibbles[flat], self.scale[flat], self.zero[flat], self.group_size, self.in_features)
+        rows = dequantize(self.nibbles[flat], self.scale[flat], self.zero_point[flat], self.group_size, self.in_features)
         return rows.reshape(*idx.shape, self.in_features)
 
     def head(self, hidden):  # (..., d) -> (..., v)
@@ -180,24 +183,24 @@ def is_quantized(name: str, tensor: torch.Tensor, keep: list[str]) -> bool:
 def quantize_model(model: IteraLite, group_size: int, keep: list[str], tokenizer_sha256: str) -> tuple[dict, dict]:
     """(file content, stats); stats hold bits per parameter and reconstruction errors.
 
-    The file concatenates all nibbles, all scales, all zeros and all 16-bit tensors into four flat tensors with an
+    The file concatenates all nibbles, all scales, all zero points and all 16-bit tensors into four flat tensors with an
     index of plain ints, so its size stays within a few kilobytes of the payload (one zip record per tensor would
     add about 0.3 kB each).
     """
-    parts = {"nibbles": [], "scale": [], "zero": [], "dense": []}
+    parts = {"nibbles": [], "scale": [], "zero_point": [], "dense": []}
     offsets = dict.fromkeys(parts, 0)
     index, tensors, total_bits = [], [], 0
     for name, w in model.state_dict().items():
         entry = {"name": name, "shape": list(w.shape)}
         if is_quantized(name, w, keep):
             qt = quantize_tensor(w, group_size)
-            for key in ("nibbles", "scale", "zero"):
+            for key in ("nibbles", "scale", "zero_point"):
                 entry[key] = offsets[key]
                 parts[key].append(qt[key].reshape(-1))
                 offsets[key] += qt[key].numel()
             entry["group_size"] = qt["group_size"]
-            recon = dequantize(qt["nibbles"], qt["scale"], qt["zero"], qt["group_size"], qt["k"])
-            bits = qt["nibbles"].numel() * 8 + (qt["scale"].numel() + qt["zero"].numel()) * 16
+            recon = dequantize(qt["nibbles"], qt["scale"], qt["zero_point"], qt["group_size"], qt["k"])
+            bits = qt["nibbles"].numel() * 8 + qt["scale"].numel() * 16 + qt["zero_point"].numel() * 8
             error = ((recon - w.float()).norm() / w.float().norm().clamp(min=1e-12)).item()
             precision = "int4"
         else:
@@ -213,7 +216,7 @@ def quantize_model(model: IteraLite, group_size: int, keep: list[str], tokenizer
         total_bits += bits
     blob = {"format": INT4_FORMAT, "config": model.cfg.to_dict(), "tokenizer_sha256": tokenizer_sha256,
             "n_params": count_parameters(model), "group_size": group_size, "index": index}
-    empty = {"nibbles": torch.uint8, "scale": torch.float16, "zero": torch.float16, "dense": torch.float16}
+    empty = {"nibbles": torch.uint8, "scale": torch.float16, "zero_point": torch.uint8, "dense": torch.float16}
     for key, chunks in parts.items():
         blob[key] = torch.cat(chunks) if chunks else torch.empty(0, dtype=empty[key])
     n_params = sum(t["params"] for t in tensors)
@@ -241,7 +244,8 @@ def _unflatten(blob: dict) -> tuple[dict, dict]:
         quantized[entry["name"]] = {
             "nibbles": blob["nibbles"][entry["nibbles"] : entry["nibbles"] + n_nib].reshape(rows, -1).clone(),
             "scale": blob["scale"][entry["scale"] : entry["scale"] + n_groups].reshape(rows, -1).clone(),
-            "zero": blob["zero"][entry["zero"] : entry["zero"] + n_groups].reshape(rows, -1).clone(),
+            "zero_point": blob["zero_point"][entry["zero_point"] : entry["zero_point"] + n_groups].reshape(rows, -1)
+            .clone(),
             "group_size": gs, "k": k,
         }
     return dense, quantized
@@ -312,7 +316,7 @@ def load_quantized(path, device="cpu", path_mode: str = "auto", blob: dict | Non
         found = blob.get("format", "no format key") if isinstance(blob, dict) else type(blob).__name__
         raise CheckpointError(f"{path} is not an INT4 model file: expected format {INT4_FORMAT!r} (written by the "
                               f"quantize rule), found {found!r}; an fp32 checkpoint loads with load_model")
-    missing_keys = {"config", "index", "n_params", "nibbles", "scale", "zero", "dense"} - set(blob)
+    missing_keys = {"config", "index", "n_params", "nibbles", "scale", "zero_point", "dense"} - set(blob)
     if missing_keys:
         raise CheckpointError(f"INT4 model file {path} lacks {sorted(missing_keys)}")
     try:
