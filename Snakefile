@@ -1,5 +1,6 @@
 # IteraLite compression study: corpus -> tokenizer -> baseline -> analysis -> importance -> pruning -> fine-tuning
-# -> INT4 -> benchmark -> report. Each stage's rules live in rules/<stage>.smk; helpers in rules/common.smk.
+# -> INT4 -> ONNX export -> benchmark -> report. Each stage's rules live in rules/<stage>.smk; helpers in
+# rules/common.smk.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -17,6 +18,7 @@ include: "rules/baseline.smk"
 include: "rules/pruning.smk"
 include: "rules/finetune.smk"
 include: "rules/quantize.smk"
+include: "rules/export.smk"
 include: "rules/report.smk"
 
 

@@ -42,6 +42,11 @@ def write_text(path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def write_bytes(path, content: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(content)
+
+
 def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

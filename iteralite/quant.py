@@ -37,7 +37,7 @@ from .artifacts import CheckpointError, load_torch, save_torch
 from .checkpoint import load_checkpoint
 from .model import IteraLite, IteraLiteConfig, count_parameters
 
-INT4_FORMAT = "iteralite-int4-v3"  # v3: integer zero points (v2: float zeros); the tensors kept out of 4 bits in float16
+INT4_FORMAT = "iteralite-int4-v3"  # v3: integer zero points (v2: float zeros); the rest in float16
 KERNEL_GROUP_SIZES = (32, 64, 128, 256)
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,8 @@ class Int4Embedding(Int4Linear):
         if self.unpacked is not None:
             return F.embedding(idx, self.unpacked)
         flat = idx.reshape(-1)
-        rows = dequantize(self.nibbles[flat], self.scale[flat], self.zero_point[flat], self.group_size, self.in_features)
+        rows = dequantize(self.nibbles[flat], self.scale[flat], self.zero_point[flat], self.group_size,
+                          self.in_features)
         return rows.reshape(*idx.shape, self.in_features)
 
     def head(self, hidden):  # (..., d) -> (..., v)

@@ -42,6 +42,7 @@ UNITS = {
     "forward_ms": ("batched forward (ms)", lambda v: f"{v:,.2f}"),
     "peak_mem_mb": ("peak memory (MB)", lambda v: f"{v:,.1f}"),
     "weight_mem_mb": ("weights in memory (MB)", lambda v: f"{v:,.2f}"),
+    "serve_rss_mb": ("serving process peak RSS (MB)", lambda v: f"{v:,.0f}"),
     "seed": ("seed", lambda v: f"{v:.0f}"),
 }
 
@@ -194,6 +195,51 @@ def speed_plot(speed: pd.DataFrame, latency: pd.DataFrame) -> str:
                                           "criterion (the dense panel holds the baseline, the control and their "
                                           "INT4 copies): the SSM state is O(1), so the lines stay flat."))
     return "".join(parts)
+
+
+DEPLOY_COLUMNS = ["model", "runtime", "test_ppl", "tokens_per_s", "step_latency_ms", "weight_mem_mb", "serve_rss_mb",
+                  "file_bytes"]
+
+
+def deployment_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The exported models in torch and in ONNX Runtime, side by side."""
+    exported = summary[summary["runtime"] == "onnxruntime"]["model"]
+    frame = summary[summary["model"].isin(exported)]
+    return frame.sort_values(["model", "runtime"], ascending=[True, False])[DEPLOY_COLUMNS]
+
+
+def deployment_plot(table: pd.DataFrame) -> str:
+    """Latency per generated token and weight memory of every exported model, per runtime."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.8 + 0.45 * table["model"].nunique()), sharey=True)
+    sns.barplot(table, y="model", x="step_latency_ms", hue="runtime", ax=axes[0])
+    axes[0].set(xlabel="ms per generated token (batch 1)", ylabel="")
+    sns.barplot(table, y="model", x="weight_mem_mb", hue="runtime", ax=axes[1], legend=False)
+    axes[1].set(xlabel="weights in memory (MB)", ylabel="")
+    return figure_html(fig, "Every exported model in torch and in ONNX Runtime, measured side by side in one "
+                            "process: latency per generated token at batch 1 and the weights each runtime holds.")
+
+
+def deployment_findings(table: pd.DataFrame) -> list[str]:
+    """Sentences from the deployment table: each runtime against the other, INT4 against its float32 source."""
+    by = table.set_index(["model", "runtime"])
+    out = []
+    for model in dict.fromkeys(table["model"]):
+        if (model, "torch") not in by.index:
+            continue
+        t, o = by.loc[(model, "torch")], by.loc[(model, "onnxruntime")]
+        out.append(f"{model} in ONNX Runtime: {o['step_latency_ms'] / t['step_latency_ms']:.2f}x torch's latency "
+                   f"per token, {o['tokens_per_s'] / t['tokens_per_s']:.2f}x its batched throughput, a serving "
+                   f"process of {o['serve_rss_mb']:.0f} MB peak RSS against torch's {t['serve_rss_mb']:.0f} MB, "
+                   f"test perplexity {o['test_ppl']:.2f} (torch {t['test_ppl']:.2f}).")
+        source = model.removeprefix("int4-")
+        if source != model and (source, "onnxruntime") in by.index:
+            f = by.loc[(source, "onnxruntime")]
+            out.append(f"Its 4-bit weights stay 4-bit in ONNX Runtime: {o['weight_mem_mb']:.2f} MB against its "
+                       f"float32 source's {f['weight_mem_mb']:.2f} MB "
+                       f"({o['weight_mem_mb'] / f['weight_mem_mb']:.2f}x), "
+                       f"at {o['step_latency_ms'] / f['step_latency_ms']:.2f}x its latency per token and "
+                       f"{o['tokens_per_s'] / f['tokens_per_s']:.2f}x its batched throughput.")
+    return out
 
 
 def rulegraph_plot(dot: str) -> str:
@@ -404,11 +450,13 @@ li{margin:.3em 0;font-size:13px}"""
 
 
 def build(inputs: dict, config: dict, out_path: str) -> None:
-    summary = pd.read_csv(inputs["summary"])
+    everything = pd.read_csv(inputs["summary"])
+    summary = everything[everything["runtime"] == "torch"]  # the study's own analysis; exports have their section
     families = family_stats(summary)
     analysis = read_json(inputs["analysis"])
     corpus = read_json(inputs["corpus"])
     speed, latency = pd.read_csv(inputs["speed"]), pd.read_csv(inputs["latency"])
+    torch_speed = speed[speed["runtime"] == "torch"]
     samples = read_json(inputs["samples"])
     with open(inputs["plan"], encoding="utf-8") as f:
         plan = yaml.safe_load(f)
@@ -422,7 +470,7 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
         "<h2>Findings</h2>", "".join(f"<p>{html.escape(line)}</p>" for line in findings(families)),
         "<h2>Workflow</h2>", rulegraph_plot(open(inputs["rulegraph"], encoding="utf-8").read()),
         "<h2>Summary</h2><p>One row per model and seed (results/metrics/summary.csv).</p>",
-        test_tokens_note(summary, config), table_html(display(summary, drop=["family"])),
+        test_tokens_note(summary, config), table_html(display(everything, drop=["family"])),
         "<h2>Plan vs measured</h2><p>The original plan's expected results beside the best fine-tuned recipe of this "
         "study (lowest mean test perplexity over its seeds), against the fp32 baseline. Source: "
         f"{html.escape(plan['source'])}, quoted in report/plan_expectations.yaml.</p>",
@@ -455,8 +503,20 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
              "parameters in 4 bits": f"{q['int4_fraction']:.1%}", "file (MB)": f"{q['file_bytes'] / 1e6:.2f}",
              "largest relative error of a tensor": f"{max(t['relative_error'] for t in q['tensors']):.1%}"}
             for q in quant])))
-    sections += ["<h2>Speed</h2>", speed_plot(speed, latency), table_html(display(speed, drop=["machine"])),
-                 "<h2>Sample generations</h2><p>The same prompts, seed and temperature (0.8) for every model.</p>",
+    sections += ["<h2>Speed</h2>", speed_plot(torch_speed, latency[latency["runtime"] == "torch"]),
+                 table_html(display(speed, drop=["machine"]))]
+    deployed = deployment_table(everything)
+    if len(deployed):
+        sections += ["<h2>Deployment</h2><p>The exported models (results/export/, docs/deploy.md) served by ONNX "
+                     "Runtime without torch, beside the same models in torch. Each export was verified before it "
+                     "was written: ONNX Runtime's logits equal torch's, the step graph equals the sequence graph, "
+                     "the test perplexity agrees within 0.1%. Weights in memory: torch's parameters and buffers; "
+                     "ONNX Runtime's graph initializers. Serving process: the peak RSS of a fresh process that "
+                     "loads the model and generates 64 tokens.</p>",
+                     deployment_plot(deployed), "".join(f"<p>{html.escape(line)}</p>"
+                                                        for line in deployment_findings(deployed)),
+                     table_html(display(deployed))]
+    sections += ["<h2>Sample generations</h2><p>The same prompts, seed and temperature (0.8) for every model.</p>",
                  samples_html(samples)]
     runtimes = runtime_table(_as_list(inputs.get("job_benchmarks")))
     if len(runtimes):

@@ -48,7 +48,8 @@ def main(argv: list[str]) -> None:
     tokens = torch.randint(0, config["tokenizer"]["vocab_size"], (200_000,), generator=torch.Generator().manual_seed(0))
     settings = config["benchmark"]
     cpu = torch.device("cpu")
-    speed, latency = bench.measure(models, tokens, settings["batch_size"], 7, settings["contexts"], cpu)
+    speed, latency = bench.measure(bench.torch_runners(models), tokens, settings["batch_size"], 7, settings["contexts"],
+                                   cpu)
     base = speed.iloc[0]
     print(f"{bench.machine(cpu)}, {threads} thread(s), batch {base['batch']}, median of 7, side by side\n")
     for tokens in (1024, 1):

@@ -120,20 +120,51 @@ def quantized_sources(config: dict) -> list[str]:
     models of a stage."""
     sources = []
     for item in config["quantize"]["models"]:
-        stage, _, name = item.partition("/")
-        if stage == "baseline" and name == "dense":
-            sources.append("baseline/dense")
-            continue
-        if stage not in ("pruned", "finetuned"):
-            raise ConfigError(
-                f"quantize.models: {item!r} must be baseline/dense, pruned/<variant|all> or finetuned/<variant|all>"
-            )
-        names = list(pruned_variants(config) if stage == "pruned" else finetuned_variants(config))
-        chosen = [n for n in names if name in ("all", n, naming.split_seed(n)[0])]
-        if not chosen:
-            raise ConfigError(f"quantize.models: {item!r} names no model of the study ({stage}: {names})")
-        sources += [f"{stage}/{n}" for n in chosen if f"{stage}/{n}" not in sources]
+        if item.startswith("int4-"):
+            raise ConfigError(f"quantize.models: {item!r} must be baseline/dense, pruned/<variant|all> or "
+                              f"finetuned/<variant|all>")
+        sources += [m for m in _named_models(config, "quantize.models", item) if m not in sources]
     return sources
+
+
+def _named_models(config: dict, key: str, item: str) -> list[str]:
+    """The models an item of `key` names: 'baseline/dense', '<stage>/<variant>', '<stage>/<family>' (all its seeds)
+    or '<stage>/all', stage among pruned and finetuned; an int4-<stage>/... item names INT4 copies the same way."""
+    stage, _, name = item.partition("/")
+    copies = stage.startswith("int4-")
+    base = stage.removeprefix("int4-")
+    if base == "baseline" and name == "dense":
+        names = ["dense"]
+    elif base in ("pruned", "finetuned"):
+        grid = pruned_variants(config) if base == "pruned" else finetuned_variants(config)
+        names = [n for n in grid if name in ("all", n, naming.split_seed(n)[0])]
+    else:
+        allowed = "baseline/dense, pruned/<variant|all> or finetuned/<variant|all>"
+        raise ConfigError(f"{key}: {item!r} must be {allowed}" + (", or int4- before one of these" if copies else ""))
+    if not names:
+        raise ConfigError(f"{key}: {item!r} names no model of the study ({base}: {sorted(grid)})")
+    return [f"{stage}/{n}" for n in names]
+
+
+def exported_models(config: dict) -> list[str]:
+    """'stage/variant' of every model the export rule writes to ONNX. By default (export.models null): one seed of
+    each family that gets an INT4 copy, and that copy: the seeds of a family share one architecture, so their
+    deployed speed and memory are the same, and exporting every seed would only repeat them (docs/deploy.md)."""
+    items = config["export"]["models"]
+    if items is None:
+        first = config["seeds"][0]
+        sources = [m for m in quantized_sources(config) if naming.describe(m)["seed"] in (None, first)]
+        return sources + [f"int4-{m}" for m in sources]
+    quantized = {f"int4-{s}" for s in quantized_sources(config)}
+    models = []
+    for item in items:
+        for model in _named_models(config, "export.models", item):
+            if model.startswith("int4-") and model not in quantized:
+                raise ConfigError(f"export.models: {item!r} names {model}, which has no INT4 copy (quantize.models "
+                                  f"gives: {sorted(quantized)})")
+            if model not in models:
+                models.append(model)
+    return models
 
 
 def all_models(config: dict) -> list[str]:
@@ -147,9 +178,11 @@ def all_models(config: dict) -> list[str]:
 
 def benchmarked_models(config: dict) -> list[str]:
     """The models the speed benchmark times: one seed per family (the seeds of a family share one architecture, so
-    their speed is the same; summary.csv gives every seed its family's speed)."""
+    their speed is the same; summary.csv gives every seed its family's speed), and every exported model (timed in
+    torch beside its export in ONNX Runtime)."""
     first = config["seeds"][0]
-    return [m for m in all_models(config) if naming.describe(m)["seed"] in (None, first)]
+    exported = exported_models(config)
+    return [m for m in all_models(config) if naming.describe(m)["seed"] in (None, first) or m in exported]
 
 
 def validate(config: dict) -> None:
@@ -182,6 +215,7 @@ def validate(config: dict) -> None:
         raise ConfigError("finetune.methods lists distill, so finetune.distill_weight must be > 0 (the weight of "
                           "the distillation loss); it is 0")
     quantized_sources(config)
+    exported_models(config)
 
 
 SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "schema.yaml")

@@ -15,6 +15,7 @@ VARIANTS = list(study.pruned_variants(config))
 FINETUNED = list(study.finetuned_variants(config))
 QUANTIZED = study.quantized_sources(config)
 MODELS = study.all_models(config)
+EXPORTED = study.exported_models(config)
 BENCHMARKED = study.benchmarked_models(config)
 CRITERIA = config["pruning"]["criteria"]
 SEEDS = config["seeds"]
@@ -42,6 +43,11 @@ def code_of(script):
 def checkpoint_path(model):
     """'stage/variant' -> its checkpoint file."""
     return f"results/models/{model}/model.pt"
+
+
+def export_dir(model):
+    """'stage/variant' -> its ONNX export's directory."""
+    return f"results/export/{model}"
 
 
 def metrics_path(model):
@@ -78,6 +84,7 @@ def job_benchmarks():
     files += [f"benchmarks/prune/{v}.tsv" for v in VARIANTS]
     files += [f"benchmarks/finetune/{v}.tsv" for v in FINETUNED]
     files += [f"benchmarks/quantize/{s}.tsv" for s in QUANTIZED]
+    files += [f"benchmarks/export/{m}.tsv" for m in EXPORTED]
     return files
 
 

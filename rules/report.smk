@@ -10,6 +10,7 @@ localrules:
 rule benchmark:
     input:
         models=[checkpoint_path(m) for m in BENCHMARKED],
+        exports=[f"{export_dir(m)}/export.json" for m in EXPORTED],
         tokens="results/tokens/tokens.pt",
         tokenizer="results/tokenizer/tokenizer.json",
     output:
@@ -18,6 +19,7 @@ rule benchmark:
         samples="results/bench/samples.json",
     params:
         models=BENCHMARKED,
+        exported=EXPORTED,
         settings=config_slice("benchmark"),
         code=code_of("benchmark"),
     threads: 2
@@ -57,6 +59,7 @@ rule rulegraph:
 rule summary:
     input:
         metrics=[metrics_path(m) for m in MODELS],
+        exports=[f"{export_dir(m)}/export.json" for m in EXPORTED],
         speed="results/bench/speed.csv",
     output:
         summary=report("results/metrics/summary.csv", category="Results", caption="../report/summary.rst"),

@@ -1,7 +1,10 @@
+import os
+
 from iteralite import workflow
 from iteralite.stages import benchmark
 
 workflow.start(snakemake)  # noqa: F821
 params, inp = snakemake.params, snakemake.input  # noqa: F821
-benchmark.benchmark(params.models, list(inp.models), inp.tokens, inp.tokenizer, params.settings["benchmark"],
+exports = {model: os.path.dirname(manifest) for model, manifest in zip(params.exported, inp.exports)}
+benchmark.benchmark(params.models, list(inp.models), exports, inp.tokens, inp.tokenizer, params.settings["benchmark"],
                     dict(snakemake.output))  # noqa: F821

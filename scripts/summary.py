@@ -2,4 +2,5 @@ from iteralite import workflow
 from iteralite.stages import summary
 
 workflow.start(snakemake)  # noqa: F821
-summary.summarize(list(snakemake.input.metrics), snakemake.input.speed, snakemake.output.summary)  # noqa: F821
+inp = snakemake.input  # noqa: F821
+summary.summarize(list(inp.metrics), list(inp.exports), inp.speed, snakemake.output.summary)  # noqa: F821

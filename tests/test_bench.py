@@ -12,10 +12,11 @@ def test_timed_steps_start_from_a_prefilled_cache_they_never_change(tiny_model):
     model = tiny_model.eval()
     prompt = torch.randint(0, model.cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     context = 12
-    cache = bench._prefill(model, prompt, context)
+    runner = bench.TorchRunner(model)
+    cache = runner.prefill(prompt, context - bench.TIMED_STEPS)
     before = copy.deepcopy(cache)
     for _ in range(2):
-        assert bench._time_step(model, prompt, context, cache) > 0
+        assert bench._time_steps(runner, prompt, context, cache) > 0
     for saved, now in zip(before, cache):
         assert (saved is None and now is None) or all(torch.equal(a, b) for a, b in zip(saved, now))
     first = context - bench.TIMED_STEPS
@@ -29,7 +30,7 @@ def measure_on(device: torch.device, model):
     """The benchmark and the samples of one model on `device`."""
     models = {"baseline/dense": copy.deepcopy(model).to(device)}
     tokens = torch.randint(0, model.cfg.vocab_size, (2000,), generator=torch.Generator().manual_seed(0))
-    speed, latency = bench.measure(models, tokens, 2, 1, [8, 16], device)
+    speed, latency = bench.measure(bench.torch_runners(models), tokens, 2, 1, [8, 16], device)
     return speed, latency, bench.samples(models, FakeTokenizer(), ["a b c"], 4, device)
 
 

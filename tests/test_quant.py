@@ -152,7 +152,8 @@ def test_auto_keeps_float32_unless_the_kernel_wins_on_the_models_own_layers(tiny
 
 @pytest.mark.parametrize("content, message", [
     ({"state_dict": {}, "config": {}}, "is not an INT4 model file: expected format 'iteralite-int4-v3'"),
-    ({"format": "iteralite-int4-v3", "config": {}}, "lacks ['dense', 'index', 'n_params', 'nibbles', 'scale', 'zero_point']"),
+    ({"format": "iteralite-int4-v3", "config": {}},
+     "lacks ['dense', 'index', 'n_params', 'nibbles', 'scale', 'zero_point']"),
     ([1, 2, 3], "found 'list'"),
 ])
 def test_load_quantized_names_the_file_and_the_expected_format(tmp_path, content, message):

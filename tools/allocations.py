@@ -51,8 +51,8 @@ def main(steps: int, target: float) -> None:
         pruned = surgery.prune(dense, surgery.choose_kept(scores, counts)).eval()
         before = perplexity(pruned, tokens["test"], config["evaluate"]["test_tokens"])
         torch.set_num_threads(config["benchmark"]["threads"])  # throughput as the study's benchmark measures it
-        speed, _ = bench.measure({"dense": dense, "pruned": pruned}, tokens["test"], config["benchmark"]["batch_size"],
-                                 15, [16], torch.device("cpu"))
+        speed, _ = bench.measure(bench.torch_runners({"dense": dense, "pruned": pruned}), tokens["test"],
+                                 config["benchmark"]["batch_size"], 15, [16], torch.device("cpu"))
         torch.set_num_threads(2)
         per_s = speed.set_index("model")["tokens_per_s"]
         tuned, _ = train(pruned.train(), tokens["train"], tokens["validation"], recipe, None, dense,

@@ -1,25 +1,44 @@
-"""Rule summary: the study's main table (results/metrics/summary.csv) from every model's metrics and the speed
-table. Torch-free: it reads JSON and CSV only."""
+"""Rule summary: the study's main table (results/metrics/summary.csv) from every model's metrics, the exports'
+verification records and the speed table. Torch-free: it reads JSON and CSV only."""
 
 from __future__ import annotations
+
+import os
 
 import pandas as pd
 
 from .. import naming
 from ..artifacts import read_json, write_csv
 
-SUMMARY_COLUMNS = ["model", "stage", "criterion", "target", "method", "seed", "params", "file_bytes", "test_ppl",
-                   "test_tokens", "tokens_per_s", "step_latency_ms"]
+SUMMARY_COLUMNS = ["model", "runtime", "stage", "criterion", "target", "method", "seed", "params", "file_bytes",
+                   "test_ppl", "test_tokens", "tokens_per_s", "step_latency_ms"]
+SPEED_COLUMNS = ["tokens_per_s", "step_latency_ms", "peak_mem_mb", "weight_mem_mb", "serve_rss_mb", "int4_path"]
 
 
-def summarize(metric_paths: list[str], speed_csv: str, out_csv: str) -> pd.DataFrame:
-    """One row per model and seed. Speed was measured for one seed of each family (its architecture is the same for
-    every seed), so each row takes its family's speed."""
-    rows = pd.DataFrame([read_json(p) for p in metric_paths])
-    speed = pd.read_csv(speed_csv)[["model", "tokens_per_s", "step_latency_ms", "peak_mem_mb", "weight_mem_mb",
-                                    "int4_path"]]
-    speed["family"] = speed.pop("model").map(lambda m: naming.describe(m)["family"])
-    rows = rows.merge(speed, on="family", how="left")
+def export_row(manifest_path: str, torch_row: dict) -> dict:
+    """An exported model in ONNX Runtime: its torch row's recipe and parameters; the two graphs' bytes; the test
+    perplexity through ONNX Runtime (on the windows of the torch row's test_ppl, export.verify)."""
+    manifest = read_json(manifest_path)
+    graphs = os.path.dirname(manifest_path)
+    verification = manifest["verification"]
+    return {**torch_row, "runtime": "onnxruntime",
+            "file_bytes": sum(os.path.getsize(os.path.join(graphs, g["file"])) for g in manifest["graphs"].values()),
+            "test_ppl": verification["onnxruntime_perplexity"], "test_tokens": verification["perplexity_tokens"]}
+
+
+def summarize(metric_paths: list[str], export_manifests: list[str], speed_csv: str, out_csv: str) -> pd.DataFrame:
+    """One row per model, seed and runtime. Speed in torch was measured for one seed of each family (its
+    architecture is the same for every seed), so each torch row takes its family's speed; an ONNX Runtime row
+    takes its own model's."""
+    torch_rows = {row["model"]: {**row, "runtime": "torch"} for row in map(read_json, metric_paths)}
+    exported = [export_row(path, torch_rows[read_json(path)["model"]]) for path in export_manifests]
+    speed = pd.read_csv(speed_csv)
+    on_torch = speed[speed["runtime"] == "torch"][["model", *SPEED_COLUMNS]]
+    on_torch["family"] = on_torch.pop("model").map(lambda m: naming.describe(m)["family"])
+    rows = pd.DataFrame(list(torch_rows.values())).merge(on_torch, on="family", how="left")
+    if exported:
+        on_onnx = speed[speed["runtime"] == "onnxruntime"][["model", *SPEED_COLUMNS]]
+        rows = pd.concat([rows, pd.DataFrame(exported).merge(on_onnx, on="model", how="left")], ignore_index=True)
     rows["seed"] = rows["seed"].astype("Int64")
     rows = rows[SUMMARY_COLUMNS + [c for c in rows.columns if c not in SUMMARY_COLUMNS]]
     write_csv(out_csv, rows)

@@ -1,0 +1,148 @@
+"""Export a trained model (float32 or INT4) to ONNX and verify it against torch before anything is written.
+
+The graphs are built by iteralite.onnxgraph from the model's own tensors; an INT4 model's nibbles, scales and zero
+points go in as they are (quant.py's layout), so ONNX Runtime computes what the torch INT4 model computes. As
+Optimum's exporter does, the export is checked with ONNX Runtime on fresh inputs (test windows) before it counts:
+- the sequence graph's logits equal torch's (max abs difference within `logits_tolerance`: 1e-4 for float32,
+  1e-3 for INT4 against the torch INT4 model);
+- the step graph, run token by token over a window, equals the sequence graph (logits and the final state);
+- the test perplexity through ONNX Runtime is within 0.1% of torch's on the same windows.
+A mismatch raises ExportError naming the model, the graph and the difference.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime
+import torch
+
+from . import onnxgraph, quant, serve
+from .data import eval_windows
+from .onnxgraph import Int4Weight
+from .train import perplexity
+
+log = logging.getLogger(__name__)
+
+TORCH_INT4_PATH = "unpacked"  # the torch INT4 model compared with: as evaluation, dequantized once, float32 matmuls
+PERPLEXITY_TOLERANCE = 1e-3  # relative: ONNX Runtime's test perplexity within 0.1% of torch's
+# MatMulNBits' accuracy_level per graph: 0 computes in float32 (the torch INT4 model's values, to 1e-6); 4 quantizes
+# the activations to int8, which runs the step graph's head about 2x faster but moves the logits by ~1e-2, ten times
+# the verification's tolerance (docs/deploy.md has both measurements and their command)
+ACCURACY_LEVEL = {"sequence": 0, "step": 0}
+
+
+class ExportError(RuntimeError):
+    """An export that does not reproduce its torch model; the message names the model, graph and difference."""
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """The config's export section, less the model list: what changes an export's files."""
+
+    verify_windows: int  # test windows (full-length sequences) the logits are compared on
+    verify_tokens: int  # test tokens the perplexity is compared on
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, onnxgraph.Weight]:
+    """The model's tensors by their state_dict names, as numpy; the weight of every 4-bit layer (quant.Int4Linear,
+    Int4Embedding) as an Int4Weight holding its nibbles, scales and zero points."""
+    tensors = {name: t.detach().float().cpu().numpy() for name, t in model.state_dict().items()
+               if t.is_floating_point()}
+    for name, module in model.named_modules():
+        if isinstance(module, quant.Int4Linear):
+            for part in ("nibbles", "scale", "zero_point"):
+                tensors.pop(f"{name}.{part}", None)
+            tensors[f"{name}.weight"] = Int4Weight(
+                module.nibbles.cpu().numpy(), module.scale.float().cpu().numpy(),
+                module.zero_point.cpu().numpy(), module.group_size)
+    return tensors
+
+
+def build_graphs(model, metadata: dict) -> dict[str, tuple]:
+    """{'sequence': (ModelProto, float_layers), 'step': (...)} for a torch model."""
+    tensors = model_tensors(model)
+    return {graph: onnxgraph.build(tensors, model.cfg, graph, level, metadata)
+            for graph, level in ACCURACY_LEVEL.items()}
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def _check(model_id: str, graph: str, what: str, diff: float, tolerance: float) -> None:
+    if not diff <= tolerance:  # also catches NaN
+        raise ExportError(f"export of {model_id}: the {graph} graph's {what} differ from torch's by {diff:.3g} "
+                          f"(max abs), more than the tolerance {tolerance:g}")
+
+
+@torch.no_grad()
+def verify(model_id: str, model, runtime: serve.OnnxModel, test_tokens: torch.Tensor, settings: ExportSettings,
+           logits_tolerance: float) -> dict:
+    """Compare ONNX Runtime with torch on test windows (see module docstring); returns the figures."""
+    seq = model.cfg.max_seq
+    windows = eval_windows(test_tokens, seq, settings.verify_windows * seq)[:, :-1]  # (w, seq)
+    torch_logits, _ = model(windows)
+    onnx_logits, state = runtime.prefill(windows.numpy())
+    sequence_diff = _max_diff(onnx_logits, torch_logits.numpy())
+    _check(model_id, "sequence", "logits", sequence_diff, logits_tolerance)
+
+    # the step graph over the first two windows, token by token, against the sequence graph
+    rows = windows[:2].numpy()
+    stepped, step_state = [], runtime.empty_state(rows.shape[0])
+    for position in range(seq):
+        logits, step_state = runtime.step(rows[:, position], np.full(rows.shape[0], position), step_state)
+        stepped.append(logits)
+    step_diff = _max_diff(np.stack(stepped, axis=1), onnx_logits[:2])
+    state_diff = max([_max_diff(step_state[name], state[name][:2]) for name in state], default=0.0)
+    _check(model_id, "step", "logits over a window (against the sequence graph)", step_diff, logits_tolerance)
+    _check(model_id, "step", "final state (against the sequence graph)", state_diff, logits_tolerance)
+
+    torch_ppl = perplexity(model, test_tokens, settings.verify_tokens)
+    onnx_ppl = runtime.perplexity(test_tokens.numpy(), settings.verify_tokens)
+    relative = abs(onnx_ppl - torch_ppl) / torch_ppl
+    if not relative <= PERPLEXITY_TOLERANCE:
+        raise ExportError(f"export of {model_id}: test perplexity through ONNX Runtime {onnx_ppl:.4f} differs from "
+                          f"torch's {torch_ppl:.4f} by {100 * relative:.3f}%, more than "
+                          f"{100 * PERPLEXITY_TOLERANCE:g}%")
+    return {"windows": int(windows.shape[0]), "window_tokens": seq, "logits_tolerance": logits_tolerance,
+            "sequence_max_abs_diff": sequence_diff, "step_max_abs_diff": step_diff, "state_max_abs_diff": state_diff,
+            "perplexity_tokens": int(eval_windows(test_tokens, seq, settings.verify_tokens)[:, 1:].numel()),
+            "torch_perplexity": torch_ppl, "onnxruntime_perplexity": onnx_ppl,
+            "perplexity_relative_diff": relative}
+
+
+def export(model_id: str, model_path: str, test_tokens: torch.Tensor, tokenizer_sha256: str,
+           settings: ExportSettings) -> tuple[dict[str, bytes], dict]:
+    """Both graphs, built and verified in ONNX Runtime from memory: ({file name: bytes}, export.json's content).
+    Raises ExportError before the caller has anything to write when the verification fails."""
+    started = time.perf_counter()
+    model = quant.load_model(model_path, TORCH_INT4_PATH)
+    int4 = isinstance(model, quant.QuantizedIteraLite)
+    metadata = {"iteralite.model": model_id, "iteralite.tokenizer_sha256": tokenizer_sha256}
+    graphs = build_graphs(model, metadata)
+    files = {serve.GRAPH_FILES[graph]: proto.SerializeToString() for graph, (proto, _) in graphs.items()}
+    manifest = {
+        "format": onnxgraph.FORMAT, "model": model_id, "precision": "int4" if int4 else "float32",
+        "opset": onnxgraph.OPSET, "ir_version": onnxgraph.IR_VERSION, "onnxruntime": onnxruntime.__version__,
+        "config": model.cfg.to_dict(), "interface": onnxgraph.interface(model.cfg),
+        "accuracy_level": ACCURACY_LEVEL,
+        "float_layers": graphs["sequence"][1], "tokenizer_sha256": tokenizer_sha256,
+        "graphs": {graph: {"file": serve.GRAPH_FILES[graph], "bytes": len(files[serve.GRAPH_FILES[graph]]),
+                           "sha256": serve.sha256_bytes(files[serve.GRAPH_FILES[graph]]),
+                           "nodes": len(proto.graph.node), "initializers": len(proto.graph.initializer),
+                           "weight_bytes": onnxgraph.weight_bytes(proto)}
+                   for graph, (proto, _) in graphs.items()},
+    }
+    runtime = serve.OnnxModel.from_bytes(files, manifest, threads=torch.get_num_threads())
+    manifest["verification"] = verify(model_id, model, runtime, test_tokens, settings,
+                                      1e-3 if int4 else 1e-4)
+    manifest["export_seconds"] = round(time.perf_counter() - started, 2)
+    log.info("%s: exported (%s), logits within %.2g of torch, perplexity %.4f (torch %.4f), %.1f s", model_id,
+             manifest["precision"], manifest["verification"]["sequence_max_abs_diff"],
+             manifest["verification"]["onnxruntime_perplexity"], manifest["verification"]["torch_perplexity"],
+             manifest["export_seconds"])
+    return files, manifest

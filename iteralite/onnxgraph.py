@@ -1,0 +1,296 @@
+"""IteraLite as two ONNX graphs, built node by node from the model's own tensors, for ONNX Runtime.
+
+The graphs' interface, declared once (`interface`), as in Hugging Face Optimum's exporters; dimension letters as in
+model.py (b batch, l length, di SSM channels of layer i, k d_conv, n d_state, v vocabulary):
+
+    sequence (model.onnx): ids (b, l) int64
+                           -> logits (b, l, v), present_conv.{i} (b, di, k-1), present_ssm.{i} (b, di, n)
+    step (step.onnx):      ids (b,) int64, position (b,) int64, past_conv.{i}, past_ssm.{i}
+                           -> logits (b, v), present_conv.{i}, present_ssm.{i}
+
+A prompt is prefilled by one call of the sequence graph; generation then calls the step graph once per token with
+the state it returned. i runs over the layers that have an SSM block; the state is the torch model's cache
+(IteraLite.empty_cache), in the same layout. Both graphs compute what IteraLite's forward and step compute:
+- the selective scan is one `com.microsoft.LinearAttention` node (update_rule "gated") per layer: one head per
+  channel with d_k = n and d_v = 1, query C[c, :] and key B[:, c] (constant over time), value delta * x, decay
+  delta * A, scale 1; S_t = exp(g_t) S_{t-1} + k_t v_t and o_t = q_t^T S_t is the scan's h_t and C h_t;
+- the causal depthwise conv with its SiLU is one `com.microsoft.CausalConvWithState` node, which also returns the
+  last k-1 inputs (the conv state);
+- the MoE block runs every expert on every token, weighted by the top-k gates scattered into a (b, l, e) matrix
+  (model.MoEBlock._dense_mix): static shapes, the same sums as the torch model, in the same expert order;
+- an INT4 model keeps its 4-bit weights: every Linear and the tied LM head are `com.microsoft.MatMulNBits`, the
+  embeddings `com.microsoft.GatherBlockQuantized`, on the project's own nibbles, scales and zero points
+  (quant.py's layout, w = (q - zero_point) * scale). The tied table's nibbles are one initializer that the head
+  and the gather share. A layer whose quantization group is under 16 (the kernels' smallest block) is a float32
+  MatMul of its dequantized weight, the same values.
+
+This module needs onnx and numpy only; iteralite.export feeds it a model's tensors and verifies the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .modelconfig import IteraLiteConfig
+
+OPSET = 23  # RMSNormalization (23); ONNX Runtime 1.31 runs it
+IR_VERSION = 10  # onnx writes a newer IR than ONNX Runtime 1.31 reads (13 at most)
+FORMAT = "iteralite-onnx-v1"  # metadata_props["iteralite.format"] of every graph this module writes
+MIN_BLOCK = 16  # MatMulNBits and GatherBlockQuantized take blocks of 16 and more
+RMS_EPS = 1e-5  # model.RMSNorm's
+
+
+@dataclass
+class Int4Weight:
+    """A weight (N, K) in quant.py's layout: nibbles (N, K/2) uint8 (even column in the low nibble), scale and
+    zero_point (N, K/group_size), w = (q - zero_point) * scale."""
+
+    nibbles: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray
+    group_size: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.nibbles.shape[0], self.scale.shape[1] * self.group_size
+
+    def dequantize(self) -> np.ndarray:
+        q = np.stack([self.nibbles & 0x0F, self.nibbles >> 4], axis=-1).reshape(self.nibbles.shape[0], -1)
+        n, k = self.shape
+        groups = q[:, :k].reshape(n, -1, self.group_size).astype(np.float32) - self.zero_point[..., None]
+        return (groups * self.scale.astype(np.float32)[..., None]).reshape(n, k)
+
+    @property
+    def kernel_fits(self) -> bool:
+        return self.group_size >= MIN_BLOCK
+
+
+Weight = np.ndarray | Int4Weight  # a float32 array or a 4-bit one
+
+
+def ssm_layers(cfg: IteraLiteConfig) -> list[int]:
+    """The layers that carry recurrent state (those with an SSM block)."""
+    return [i for i in range(cfg.n_layers) if cfg.has_ssm(i)]
+
+
+def interface(cfg: IteraLiteConfig) -> dict:
+    """Names and shapes of both graphs' inputs and outputs ('b' and 'l' are dynamic)."""
+    k, n = cfg.d_conv - 1, cfg.d_state
+    past, present = {}, {}
+    for i in ssm_layers(cfg):
+        di = cfg.layer_d_inner[i]
+        past |= {f"past_conv.{i}": ["b", di, k], f"past_ssm.{i}": ["b", di, n]}
+        present |= {f"present_conv.{i}": ["b", di, k], f"present_ssm.{i}": ["b", di, n]}
+    v = cfg.vocab_size
+    return {
+        "sequence": {"inputs": {"ids": ["b", "l"]}, "outputs": {"logits": ["b", "l", v], **present}},
+        "step": {"inputs": {"ids": ["b"], "position": ["b"], **past}, "outputs": {"logits": ["b", v], **present}},
+    }
+
+
+def _packed_pairs(values: np.ndarray) -> np.ndarray:
+    """(N, G) uint8 in [0, 15] -> (N, ceil(G/2)) uint8, even columns in the low nibble."""
+    if values.shape[1] % 2:
+        values = np.pad(values, ((0, 0), (0, 1)))
+    return (values[:, 0::2] | (values[:, 1::2] << 4)).astype(np.uint8)
+
+
+class GraphBuilder:
+    """Nodes and initializers of one graph; every method returns the name of the value it made."""
+
+    def __init__(self, tensors: dict[str, Weight], accuracy_level: int):
+        self.tensors = tensors
+        self.accuracy_level = accuracy_level
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self.float_layers: list[str] = []  # 4-bit layers whose group is under MIN_BLOCK (see module docstring)
+        self._count = 0
+
+    def const(self, name: str, array) -> str:
+        if name not in self.initializers:
+            self.initializers[name] = numpy_helper.from_array(np.array(array), name)  # a copy, 0-d kept
+        return name
+
+    def op(self, op_type: str, *inputs: str, outputs: int | list[str] = 1, domain: str = "", **attrs):
+        if isinstance(outputs, int):
+            names = [f"{op_type.lower()}_{self._count}_{j}" for j in range(outputs)]
+        else:
+            names = outputs
+        self._count += 1
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, domain=domain, **attrs))
+        return names[0] if len(names) == 1 else names
+
+    def ints(self, name: str, values) -> str:
+        return self.const(name, np.asarray(values, dtype=np.int64))
+
+    def array(self, name: str) -> np.ndarray:
+        return np.asarray(self.tensors[name], dtype=np.float32)
+
+    # -- layers -------------------------------------------------------------------------------------------------
+
+    def rms_norm(self, x: str, name: str, ref_width: int) -> str:
+        """model.RMSNorm: x * rsqrt(sum(x^2) / ref + eps) * w, as the fused RMSNormalization (opset 23)
+        (which divides by the actual width, r * ref): rsqrt(r * mean + eps) = rsqrt(mean + eps / r) / sqrt(r)."""
+        weight = self.array(f"{name}.weight")
+        ratio = weight.shape[0] / ref_width
+        scale = self.const(f"{name}.weight", weight / np.sqrt(np.float32(ratio)))
+        return self.op("RMSNormalization", x, scale, axis=-1, epsilon=RMS_EPS / ratio)
+
+    def linear(self, x: str, name: str, bias: bool = False) -> str:
+        """y = x W^T (+ b) for the weight `name`.weight (N, K): MatMulNBits on a 4-bit weight, MatMul otherwise."""
+        weight, bias_name = self.tensors[f"{name}.weight"], f"{name}.bias" if bias else ""
+        if bias:
+            self.const(bias_name, self.array(bias_name))
+        if isinstance(weight, Int4Weight) and weight.kernel_fits:
+            return self.matmul_nbits(x, name, weight, bias_name)
+        if isinstance(weight, Int4Weight):
+            self.float_layers.append(name)
+            weight = weight.dequantize()
+        y = self.op("MatMul", x, self.const(f"{name}.weight_t", np.asarray(weight, np.float32).T))
+        return self.op("Add", y, bias_name) if bias else y
+
+    def matmul_nbits(self, x: str, name: str, weight: Int4Weight, bias_name: str = "") -> str:
+        n, k = weight.shape
+        blocks = k // weight.group_size
+        nibbles = self.const(f"{name}.nibbles", weight.nibbles.reshape(n, blocks, weight.group_size // 2))
+        scale = self.const(f"{name}.scale", weight.scale.astype(np.float32))
+        zero_point = self.const(f"{name}.zero_point", _packed_pairs(weight.zero_point))
+        inputs = [x, nibbles, scale, zero_point] + (["", bias_name] if bias_name else [])
+        return self.op("MatMulNBits", *inputs, domain="com.microsoft", K=k, N=n, bits=4,
+                       block_size=weight.group_size, accuracy_level=self.accuracy_level)
+
+    def embedding(self, ids: str, name: str) -> str:
+        """Rows of the table `name`.weight for ids of any shape -> (..., d)."""
+        weight = self.tensors[f"{name}.weight"]
+        if not isinstance(weight, Int4Weight) or not weight.kernel_fits:
+            if isinstance(weight, Int4Weight):
+                self.float_layers.append(name)
+                weight = weight.dequantize()
+            return self.op("Gather", self.const(f"{name}.weight", np.asarray(weight, np.float32)), ids)
+        n, k = weight.shape
+        blocks, gs = k // weight.group_size, weight.group_size
+        # the nibbles as (rows, blocks, gs / 2), quantized along the last axis: the layout MatMulNBits reads, so
+        # the tied head shares this initializer
+        nibbles = self.const(f"{name}.nibbles", weight.nibbles.reshape(n, blocks, gs // 2))
+        scale = self.const(f"{name}.gather_scale", weight.scale.astype(np.float32).reshape(n, blocks, 1))
+        zero_point = self.const(f"{name}.gather_zero_point", weight.zero_point.reshape(n, blocks, 1))
+        rows = self.op("GatherBlockQuantized", nibbles, ids, scale, zero_point, domain="com.microsoft", bits=4,
+                       block_size=gs, gather_axis=0, quantize_axis=2)  # (..., blocks, gs)
+        shape = self.op("Concat", self.op("Shape", ids), self.ints("width_of_" + name, [k]), axis=0)
+        return self.op("Reshape", rows, shape)
+
+    def head(self, hidden: str) -> str:
+        """The tied LM head: hidden (..., d) -> logits (..., v)."""
+        weight = self.tensors["tok_emb.weight"]
+        if isinstance(weight, Int4Weight) and weight.kernel_fits:
+            return self.matmul_nbits(hidden, "tok_emb", weight)
+        table = weight.dequantize() if isinstance(weight, Int4Weight) else np.asarray(weight, np.float32)
+        # Gemm with transB reads the (v, d) table the gather reads: one copy of the tied table
+        flat = self.op("Reshape", hidden, self.ints("rows_by_width", [-1, table.shape[1]]))
+        logits = self.op("Gemm", flat, self.const("tok_emb.weight", table), transB=1)
+        lead = self.op("Slice", self.op("Shape", hidden), self.ints("zero", [0]), self.ints("minus_one", [-1]))
+        shape = self.op("Concat", lead, self.ints("vocab", [table.shape[0]]), axis=0)
+        return self.op("Reshape", logits, shape)
+
+    def ssm_block(self, u: str, i: int, cfg: IteraLiteConfig, conv_state: str, ssm_state: str, outputs: list[str]):
+        """model.SSMBlock on (b, l, d) (l = 1 in the step graph), from the given states ('' = zeros); writes the new
+        states to `outputs` (conv, ssm) and returns the block's output."""
+        p, di, n = f"layers.{i}.ssm", cfg.layer_d_inner[i], cfg.d_state
+        x, z = self.op("Split", self.linear(self.rms_norm(u, f"{p}.norm", cfg.norm_ref_d_model), f"{p}.in_proj"),
+                       self.ints(f"{p}.split", [di, di]), outputs=2, axis=-1)
+        past_conv = self.op("Transpose", conv_state, perm=[0, 2, 1]) if conv_state else ""  # (b, k-1, di)
+        x, present_conv = self.op("CausalConvWithState", x, self.const(f"{p}.conv1d.weight", self.array(
+            f"{p}.conv1d.weight")), self.const(f"{p}.conv1d.bias", self.array(f"{p}.conv1d.bias")), past_conv,
+            outputs=2, domain="com.microsoft", activation="silu", channels_last=1, ndim=1)
+        self.op("Transpose", present_conv, perm=[0, 2, 1], outputs=[outputs[0]])
+        delta = self.op("Softplus", self.linear(x, f"{p}.delta_proj", bias=True))  # (b, l, di)
+        lead = self.op("Slice", self.op("Shape", x), self.ints("zero", [0]), self.ints("two", [2]))
+        per_state = self.op("Concat", lead, self.ints(f"{p}.di_n", [di * n]), axis=0)  # (b, l, di * n)
+        A = -np.exp(self.array(f"{p}.A_log"))
+        decay = self.op("Reshape", self.op("Mul", self.op("Unsqueeze", delta, self.ints("last", [-1])),
+                                           self.const(f"{p}.A", A)), per_state)
+        query = self.op("Expand", self.const(f"{p}.C_flat", self.array(f"{p}.C").reshape(1, 1, di * n)), per_state)
+        key = self.op("Expand", self.const(f"{p}.B_flat", self.array(f"{p}.B").T.reshape(1, 1, di * n)), per_state)
+        past_ssm = self.op("Unsqueeze", ssm_state, self.ints("last", [-1])) if ssm_state else ""  # (b, di, n, 1)
+        scanned, present_ssm = self.op("LinearAttention", query, key, self.op("Mul", delta, x), past_ssm, decay,
+                                       outputs=2, domain="com.microsoft", q_num_heads=di, kv_num_heads=di,
+                                       scale=1.0, update_rule="gated")
+        self.op("Squeeze", present_ssm, self.ints("last", [-1]), outputs=[outputs[1]])
+        y = self.op("Add", scanned, self.op("Mul", x, self.const(f"{p}.D", self.array(f"{p}.D"))))
+        gated = self.op("Mul", self.rms_norm(y, f"{p}.inner_norm", cfg.norm_ref_d_inner),
+                        self.op("Mul", z, self.op("Sigmoid", z)))
+        return self.op("Add", u, self.linear(gated, f"{p}.out_proj"))
+
+    def moe_block(self, u: str, i: int, cfg: IteraLiteConfig) -> str:
+        """model.MoEBlock with the dense mix: every expert on every token, weighted by the scattered top-k gates."""
+        p = f"layers.{i}.moe"
+        x = self.rms_norm(u, f"{p}.norm", cfg.norm_ref_d_model)
+        logits = self.linear(x, f"{p}.router")  # (..., e)
+        top, chosen = self.op("TopK", logits, self.ints(f"{p}.top_k", [cfg.top_k_in(i)]), outputs=2, axis=-1)
+        gates = self.op("ScatterElements", self.op("Mul", logits, self.const("zero_f", np.float32(0))), chosen,
+                        self.op("Softmax", top, axis=-1), axis=-1)
+        out = None
+        for e in range(cfg.experts_in(i)):
+            expert = f"{p}.experts.{e}"
+            hidden = self.op("Gelu", self.linear(x, f"{expert}.w1", bias=True), approximate="none")
+            gate = self.op("Slice", gates, self.ints(f"e{e}", [e]), self.ints(f"e{e + 1}", [e + 1]),
+                           self.ints("last", [-1]))
+            term = self.op("Mul", gate, self.linear(hidden, f"{expert}.w2", bias=True))
+            out = term if out is None else self.op("Add", out, term)
+        return self.op("Add", u, out)
+
+    def body(self, u: str, cfg: IteraLiteConfig, states: dict[int, tuple[str, str]]) -> str:
+        """Every layer, then the final norm and the head: logits. `states` maps a layer to its past states."""
+        for i in range(cfg.n_layers):
+            if cfg.has_ssm(i):
+                u = self.ssm_block(u, i, cfg, *states.get(i, ("", "")), [f"present_conv.{i}", f"present_ssm.{i}"])
+            if cfg.has_moe(i):
+                u = self.moe_block(u, i, cfg)
+        return self.head(self.rms_norm(u, "norm_f", cfg.norm_ref_d_model))
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the graph's initializers: the weights as ONNX Runtime holds them (4-bit ones as nibbles, scales and
+    zero points; MatMulNBits repacks its weight at session start into a blocked layout of the same order)."""
+    return sum(int(np.prod(t.dims, dtype=np.int64)) * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+               for t in model.graph.initializer)
+
+
+def _value_infos(spec: dict[str, list], dtypes: dict[str, int]) -> list:
+    return [helper.make_tensor_value_info(name, dtypes.get(name, TensorProto.FLOAT), shape)
+            for name, shape in spec.items()]
+
+
+def build(tensors: dict[str, Weight], cfg: IteraLiteConfig, graph: str, accuracy_level: int,
+          metadata: dict[str, str]) -> tuple[onnx.ModelProto, list[str]]:
+    """The `graph` ('sequence' or 'step') of the model with these tensors (torch state_dict names; a 4-bit weight
+    as Int4Weight); returns the model and the 4-bit layers that run as float32 MatMuls."""
+    builder = GraphBuilder(tensors, accuracy_level)
+    if graph == "sequence":
+        positions = builder.op("Range", builder.ints("zero_scalar", 0), builder.op(
+            "Squeeze", builder.op("Slice", builder.op("Shape", "ids"), builder.ints("one", [1]),
+                                  builder.ints("two", [2])), builder.ints("zero", [0])), builder.ints("one_scalar", 1))
+        states = {}
+    else:
+        positions = "position"
+        states = {i: (f"past_conv.{i}", f"past_ssm.{i}") for i in ssm_layers(cfg)}
+    u = builder.op("Add", builder.embedding("ids", "tok_emb"), builder.embedding(positions, "pos_emb"))
+    if graph == "step":
+        u = builder.op("Unsqueeze", u, builder.ints("one", [1]))  # (b, 1, d): the sequence graph's blocks at l = 1
+    logits = builder.body(u, cfg, states)
+    if graph == "step":
+        logits = builder.op("Squeeze", logits, builder.ints("one", [1]))
+    builder.op("Identity", logits, outputs=["logits"])
+    spec = interface(cfg)[graph]
+    ints = {"ids": TensorProto.INT64, "position": TensorProto.INT64}
+    onnx_graph = helper.make_graph(builder.nodes, f"iteralite_{graph}", _value_infos(spec["inputs"], ints),
+                                   _value_infos(spec["outputs"], {}), list(builder.initializers.values()))
+    model = helper.make_model(onnx_graph, ir_version=IR_VERSION, producer_name="iteralite",
+                              opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
+    helper.set_model_props(model, {"iteralite.format": FORMAT, "iteralite.graph": graph, **metadata})
+    onnx.checker.check_model(model)
+    return model, builder.float_layers
