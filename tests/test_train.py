@@ -1,3 +1,4 @@
+import contextlib
 import math
 import signal
 import subprocess
@@ -5,10 +6,14 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
+from iteralite import model as model_module
 from iteralite.artifacts import save_torch
 from iteralite.checkpoint import load_checkpoint, save_checkpoint
-from iteralite.train import TrainConfig, lr_factor, perplexity, train
+from iteralite.model import IteraLite
+from iteralite.train import TrainConfig, batch_losses, lr_factor, perplexity, train
 
 
 def corpus_tokens(n=6000, vocab=300, seed=0):
@@ -69,6 +74,38 @@ def test_the_same_seed_gives_the_same_fine_tune_and_another_seed_another(tiny_mo
     first, again, other = fine_tune(1), fine_tune(1), fine_tune(2)
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+class OffDevice(TorchDispatchMode):
+    """Records every op that reads or makes a tensor off `device`."""
+
+    def __init__(self, device: str):
+        super().__init__()
+        self.device, self.ops = device, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.device.type != self.device for t in tree_leaves((args, kwargs, out))):
+            self.ops.append(str(func))
+        return out
+
+
+def test_the_training_step_makes_every_tensor_on_its_device_and_reads_none_back(tiny_cfg, monkeypatch):
+    """The step's forward, backward and clipping with the GPU's MoE dispatch, on the meta device: a tensor made on
+    the host (which CUDA would copy with a blocking copy, illegal in a capture) is recorded, and reading a value
+    back (.item(), nonzero, a branch on a tensor) raises, as a meta tensor has no values."""
+    monkeypatch.setattr(model_module, "DENSE_DISPATCH_DEVICES", {"cuda", "meta"})
+    real_autocast = torch.autocast  # no meta backend; autocast changes dtypes, not devices
+    monkeypatch.setattr(torch, "autocast", lambda device_type, **kwargs: contextlib.nullcontext()
+                        if device_type == "meta" else real_autocast(device_type, **kwargs))
+    model, teacher = IteraLite(tiny_cfg).to("meta"), IteraLite(tiny_cfg).to("meta")
+    batch = torch.zeros(4, tiny_cfg.max_seq + 1, dtype=torch.long, device="meta")
+    with OffDevice("meta") as off_device:
+        loss, _, _ = batch_losses(model, batch, TrainConfig(distill_weight=0.5), teacher)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1.0)
+    assert off_device.ops == []
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def load_copy(model):
