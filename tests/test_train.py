@@ -13,7 +13,7 @@ from iteralite import model as model_module
 from iteralite.artifacts import save_torch
 from iteralite.checkpoint import load_checkpoint, save_checkpoint
 from iteralite.model import IteraLite
-from iteralite.train import TrainConfig, batch_losses, lr_factor, perplexity, train
+from iteralite.train import TrainConfig, _capture, batch_losses, eager_step, lr_factor, perplexity, train, warm_up
 
 
 def corpus_tokens(n=6000, vocab=300, seed=0):
@@ -106,6 +106,52 @@ def test_the_training_step_makes_every_tensor_on_its_device_and_reads_none_back(
         torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1.0)
     assert off_device.ops == []
     assert all(p.grad is not None for p in model.parameters())
+
+
+def optimizer_with_state(model):
+    """The CPU loop's AdamW after one step: the state of a resumed run, step counts included."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    eager_step(model, optimizer, TrainConfig(), None, torch.device("cpu"))(torch.randint(0, 300, (2, 9)))
+    return optimizer
+
+
+def test_a_warm_up_step_that_raises_leaves_weights_and_optimizer_state_as_they_were(tiny_model):
+    """The graphed step's warm-up is undone also when its second step raises (out of memory, say), after both steps
+    moved the weights and the step counts: the eager run that follows starts where the run was."""
+    optimizer = optimizer_with_state(tiny_model)
+    weights = [p.detach().clone() for p in tiny_model.parameters()]
+    state = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+    step, calls = eager_step(tiny_model, optimizer, TrainConfig(), None, torch.device("cpu")), []
+
+    def fails_on_call_2(batch):
+        calls.append(step(batch))
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("out of memory")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        warm_up(fails_on_call_2, tiny_model, optimizer, torch.randint(0, 300, (2, 9)), steps=3)
+    assert len(calls) == 2
+    assert all(torch.equal(p, before) for p, before in zip(tiny_model.parameters(), weights))
+    assert all(torch.equal(v, state[p][k]) for p, s in optimizer.state.items() for k, v in s.items())
+    assert all(p.grad is None for p in tiny_model.parameters())
+
+
+def test_the_last_warm_up_step_runs_with_host_syncs_made_errors(tiny_model, monkeypatch):
+    import iteralite.train as train_module
+
+    strict = []  # the devices of the _host_syncs_raise blocks open now
+
+    @contextlib.contextmanager
+    def recorded(device):
+        strict.append(device)
+        yield
+        strict.pop()
+
+    monkeypatch.setattr(train_module, "_host_syncs_raise", recorded)
+    modes = []
+    warm_up(lambda batch: modes.append(bool(strict)), tiny_model, torch.optim.AdamW(tiny_model.parameters()),
+            torch.zeros(2, 9, dtype=torch.long), steps=3)
+    assert modes == [False, False, True]
 
 
 def load_copy(model):
@@ -231,3 +277,27 @@ def test_graphed_training_steps_agree_with_eager_ones(tiny_model, monkeypatch, c
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-2), (a, b)
     for p, q in zip(graphed_model.parameters(), eager_model.parameters()):
         torch.testing.assert_close(p, q, rtol=5e-2, atol=5e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_host_sync_in_the_cuda_warm_up_raises_before_any_capture(tiny_model):
+    model = tiny_model.cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-3, device="cuda"), capturable=True)
+    with pytest.raises(RuntimeError, match="synchronizing"):
+        warm_up(lambda batch: batch.sum().item(), model, optimizer, torch.zeros(2, 9, device="cuda"), steps=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_failed_cuda_graph_capture_raises_its_cause_and_leaves_the_process_clean():
+    """A step that syncs with the host invalidates the capture: the error raised is the sync's, not capture_end's
+    follow-on one; afterwards the default stream is current again and a new capture in the same process works."""
+    x = torch.arange(8.0, device="cuda")
+    with pytest.raises(RuntimeError) as failure:
+        _capture(lambda batch: (batch * 2).sum().item(), x)
+    assert "previous error during capture" not in str(failure.value), failure.value
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    graph, doubled = _capture(lambda batch: batch * 2, x)
+    graph.replay()
+    assert torch.equal(doubled, x * 2)
