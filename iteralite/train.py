@@ -122,6 +122,14 @@ def perplexity(model: IteraLite, tokens: torch.Tensor, max_tokens: int, batch_si
     return math.exp(total / count)
 
 
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The batch on `device`; to CUDA through pinned memory, so that the copy is queued and the host does not wait
+    for it (a copy from pageable memory does)."""
+    if device.type != "cuda":
+        return batch.to(device)
+    return batch.pin_memory().to(device, non_blocking=True)
+
+
 def batch_losses(model: IteraLite, batch: torch.Tensor, cfg: TrainConfig, teacher: IteraLite | None = None):
     """(the loss to minimise, the next-token cross-entropy, the balance loss) of one batch of windows (b, l + 1).
 
@@ -428,7 +436,7 @@ def train(
     step_fn = training_step(model, optimizer, cfg, teacher, device, example)
     with _SignalFlag() as stop_signal:
         while state["step"] < total:
-            batch = windows.next().to(device)
+            batch = to_device(windows.next(), device)
             lr = set_lr(state["step"])
             losses = step_fn(batch)
             state["step"] += 1

@@ -13,7 +13,17 @@ from iteralite import model as model_module
 from iteralite.artifacts import save_torch
 from iteralite.checkpoint import load_checkpoint, save_checkpoint
 from iteralite.model import IteraLite
-from iteralite.train import TrainConfig, _capture, batch_losses, eager_step, lr_factor, perplexity, train, warm_up
+from iteralite.train import (
+    TrainConfig,
+    _capture,
+    batch_losses,
+    eager_step,
+    lr_factor,
+    perplexity,
+    to_device,
+    train,
+    warm_up,
+)
 
 
 def corpus_tokens(n=6000, vocab=300, seed=0):
@@ -106,6 +116,26 @@ def test_the_training_step_makes_every_tensor_on_its_device_and_reads_none_back(
         torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1.0)
     assert off_device.ops == []
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_a_batch_goes_to_cuda_from_pinned_memory_without_a_wait():
+    class Recorded:
+        def __init__(self):
+            self.calls = []
+
+        def pin_memory(self):
+            self.calls.append("pin_memory")
+            return self
+
+        def to(self, device, non_blocking=False):
+            self.calls.append(("to", device.type, non_blocking))
+            return self
+
+    batch = Recorded()
+    assert to_device(batch, torch.device("cuda")) is batch
+    assert batch.calls == ["pin_memory", ("to", "cuda", True)]
+    on_cpu = torch.zeros(2, 9, dtype=torch.long)
+    assert to_device(on_cpu, torch.device("cpu")) is on_cpu
 
 
 def optimizer_with_state(model):
