@@ -290,6 +290,9 @@ def training_step(model: IteraLite, optimizer, cfg: TrainConfig, teacher: IteraL
     step = eager_step(model, optimizer, cfg, teacher, device)
     if device.type != "cuda":
         return step
+    # The one convolution (depthwise, k = 4): where torch gives it to cuDNN, a backward without atomics, so that a
+    # run repeats bit for bit (docs/reruns.md)
+    torch.backends.cudnn.deterministic = True
     try:
         graphed = GraphedStep(step, model, optimizer, example_batch)
     except Exception as err:  # capture refuses many things (a host sync, a CPU tensor, an unsupported op)

@@ -291,6 +291,18 @@ def test_cuda_training_steps_follow_the_cpu_ones(tiny_model):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_run_twice_gives_the_same_bits(tiny_model):
+    """On one GPU the same run repeats bit for bit: no step of it adds with atomics (docs/reruns.md)."""
+    tokens = corpus_tokens()
+    cfg = TrainConfig(batch_size=8, lr=3e-3, warmup=2, max_steps=8, eval_every=8, eval_tokens=2000)
+    (first, first_curve), (again, again_curve) = (train(load_copy(tiny_model), tokens, tokens, cfg,
+                                                        device=torch.device("cuda")) for _ in range(2))
+    assert all(torch.equal(p, q) for p, q in zip(first.state_dict().values(), again.state_dict().values()))
+    assert [row["train_loss"] for row in first_curve] == [row["train_loss"] for row in again_curve]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_graphed_training_steps_agree_with_eager_ones(tiny_model, monkeypatch, caplog):
     """The step captured as a CUDA graph and the same step run eagerly: the same losses and weights within bf16
     tolerance, and the graphed run says so in its log."""
