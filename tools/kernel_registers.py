@@ -2,8 +2,8 @@
 
 A program is one warp (scan_triton.NUM_WARPS) and every (BLOCK_D, N_PAD) float32 tile it keeps live costs
 BLOCK_D * N_PAD / 32 registers per thread: 16 at d_state 16. The backward keeps about seven (B, C, the carry, the
-three parameter-gradient sums, a loaded state) plus its temporaries, near the 255 registers a thread may hold; what
-does not fit spills to local memory. The counts come from the compiled kernel (Triton's n_regs, n_spills), so they
+three parameter-gradient sums, a loaded state), 112 registers before its temporaries, of the 255 a thread may hold;
+what does not fit spills to local memory. The counts come from the compiled kernel (Triton's n_regs, n_spills), so they
 need a GPU; without one this prints a line saying so.
 
 Usage: python tools/kernel_registers.py
