@@ -169,17 +169,17 @@ def test_a_warm_up_step_that_raises_leaves_weights_and_optimizer_state_as_they_w
 def test_the_last_warm_up_step_runs_with_host_syncs_made_errors(tiny_model, monkeypatch):
     import iteralite.train as train_module
 
-    strict = []  # the devices of the _host_syncs_raise blocks open now
+    open_blocks = []  # the devices of the _host_syncs_raise blocks entered and not yet left
 
     @contextlib.contextmanager
     def recorded(device):
-        strict.append(device)
+        open_blocks.append(device)
         yield
-        strict.pop()
+        open_blocks.pop()
 
     monkeypatch.setattr(train_module, "_host_syncs_raise", recorded)
     modes = []
-    warm_up(lambda batch: modes.append(bool(strict)), tiny_model, torch.optim.AdamW(tiny_model.parameters()),
+    warm_up(lambda batch: modes.append(bool(open_blocks)), tiny_model, torch.optim.AdamW(tiny_model.parameters()),
             torch.zeros(2, 9, dtype=torch.long), steps=3)
     assert modes == [False, False, True]
 
