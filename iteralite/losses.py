@@ -47,7 +47,7 @@ class ChunkedHeadLoss(torch.autograd.Function):
             g = None
             if want_grad and ce_weight > 0:  # d(sum CE)/d logits = softmax - one-hot
                 g = log_probs.exp_()
-                g[torch.arange(g.shape[0]), y] -= 1
+                g[torch.arange(g.shape[0], device=g.device), y] -= 1  # on the device: a host index copy would sync
                 g *= ce_weight
             if teacher_hidden is not None:
                 student = torch.log_softmax(logits / t, dim=-1)

@@ -286,22 +286,42 @@ def triton_scan():
     return TritonScan
 
 
-_FAILED_SHAPES = set()
+_KERNEL_WORKS = {}  # (device, shape of x, d_state) -> whether the Triton scan ran forward and backward on it
 
 
 def gpu_scan(x, delta, A, B, C, D):
-    """The Triton kernel in float32; where it is missing or fails to launch, the reference, which computes the same
-    function exactly (the failure is logged once per shape, naming it)."""
+    """The Triton kernel in float32 where it has run forward and backward for this shape; where Triton is missing or
+    the kernel fails, the reference, which computes the same function exactly."""
     kernel = triton_scan()
-    shape = (tuple(x.shape), A.shape[0])
-    if kernel is not None and shape not in _FAILED_SHAPES:
-        try:
-            return kernel.apply(*(t.float() for t in (x, delta, A, B, C, D)))
-        except Exception as err:  # a compile or launch failure: Triton raises many kinds
-            _FAILED_SHAPES.add(shape)
-            log.warning("Triton scan failed for x of shape (b, l, di) = %s with d_state %d on %s (%s: %s); this shape "
-                        "takes the reference scan", shape[0], shape[1], x.device, type(err).__name__, err)
+    if kernel is not None and _kernel_works(kernel, x, A.shape[0]):
+        return kernel.apply(*(t.float() for t in (x, delta, A, B, C, D)))
     return reference_scan(x, delta, A, B, C, D)
+
+
+def _kernel_works(kernel, x, d_state: int) -> bool:
+    """Tried on a shape's first call, eagerly: the backward runs later, from loss.backward(), where no fallback can
+    catch its failure, and a failure inside a CUDA graph capture would be the capture's, not the kernel's."""
+    key = (x.device, tuple(x.shape), d_state)
+    if key not in _KERNEL_WORKS:
+        if x.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"the Triton scan was not tried for x of shape {key[1]} before this capture")
+        _KERNEL_WORKS[key] = _try_kernel(kernel, x.device, key[1], d_state)
+    return _KERNEL_WORKS[key]
+
+
+def _try_kernel(kernel, device, shape, d_state: int) -> bool:
+    """Whether the kernel runs forward and backward on zeros of this shape; a failure is logged, naming the shape."""
+    d_inner = shape[2]
+    sizes = (shape, shape, (d_state,), (d_state, d_inner), (d_inner, d_state), (d_inner,))
+    inputs = [torch.zeros(size, device=device, requires_grad=True) for size in sizes]
+    try:
+        with torch.enable_grad():  # also where the caller runs without gradients (evaluation)
+            torch.autograd.grad(kernel.apply(*inputs).sum(), inputs)
+    except Exception as err:  # a compile or launch failure: Triton raises many kinds
+        log.warning("Triton scan failed for x of shape (b, l, di) = %s with d_state %d on %s (%s: %s); this shape "
+                    "takes the reference scan", shape, d_state, device, type(err).__name__, err)
+        return False
+    return True
 
 
 # auto: fused where available (numba on CPU, Triton on CUDA), else reference; "reference" forces torch ops. For

@@ -12,6 +12,7 @@ line, an evaluation or a save reads them back: the GPU never waits for the host 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -121,6 +122,14 @@ def perplexity(model: IteraLite, tokens: torch.Tensor, max_tokens: int, batch_si
     return math.exp(total / count)
 
 
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The batch on `device`; to CUDA through pinned memory, so that the copy is queued and the host does not wait
+    for it (a copy from pageable memory does)."""
+    if device.type != "cuda":
+        return batch.to(device)
+    return batch.pin_memory().to(device, non_blocking=True)
+
+
 def batch_losses(model: IteraLite, batch: torch.Tensor, cfg: TrainConfig, teacher: IteraLite | None = None):
     """(the loss to minimise, the next-token cross-entropy, the balance loss) of one batch of windows (b, l + 1).
 
@@ -161,30 +170,100 @@ class GraphedStep:
     device tensor that the loop fills before each replay.
 
     Capture needs a few eager warm-up steps (allocations, kernel compilation, the optimizer's state); they run on the
-    first batch and are then undone (weights and optimizer state restored in place), so the run trains exactly the
-    steps it is asked for."""
+    first batch, on a side stream, and are then undone, also when one raises (`warm_up`), so the run trains exactly
+    the steps it is asked for."""
 
     WARMUP_STEPS = 3
 
     def __init__(self, step, model: IteraLite, optimizer, example_batch: torch.Tensor):
         self.static_batch = example_batch.clone()
-        saved = _snapshot(model, optimizer)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.WARMUP_STEPS):
-                step(self.static_batch)
-        torch.cuda.current_stream().wait_stream(side)
-        _restore(model, optimizer, saved)
-        optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_losses = step(self.static_batch)
+        with _side_stream():
+            warm_up(step, model, optimizer, self.static_batch, self.WARMUP_STEPS)
+        self.graph, self.static_losses = _capture(step, self.static_batch)
 
     def __call__(self, batch):
         self.static_batch.copy_(batch)
         self.graph.replay()
         return self.static_losses.clone()  # the next replay overwrites the static output
+
+
+def warm_up(step, model: IteraLite, optimizer, batch: torch.Tensor, steps: int) -> None:
+    """Run `step(batch)` `steps` times, then undo it, also when a step raises (out of memory, once the optimizer has
+    state): weights and optimizer state restored in place (a CUDA graph records these very tensors), gradients
+    dropped. The last step runs with host syncs made errors, so that a sync, which would invalidate the capture
+    that follows, raises here with its traceback."""
+    saved = _snapshot(model, optimizer)
+    try:
+        for i in range(steps):
+            with _host_syncs_raise(batch.device) if i == steps - 1 else contextlib.nullcontext():
+                step(batch)
+    finally:
+        _restore(model, optimizer, saved)
+        optimizer.zero_grad(set_to_none=True)
+
+
+@contextlib.contextmanager
+def _host_syncs_raise(device: torch.device):
+    """On CUDA, an op inside that makes the host wait for the GPU (.item(), nonzero, a copy from pageable memory)
+    raises instead; elsewhere nothing changes."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+@contextlib.contextmanager
+def _side_stream():
+    """Inside, a new CUDA stream is current, after the work queued so far; on leaving, also by an exception, the
+    previous stream is current again and waits for the work queued inside."""
+    previous, side = torch.cuda.current_stream(), torch.cuda.Stream()
+    side.wait_stream(previous)
+    try:
+        with torch.cuda.stream(side):
+            yield
+    finally:
+        previous.wait_stream(side)
+
+
+def _capture(step, batch: torch.Tensor):
+    """(graph, outputs) of `step(batch)` captured as a CUDA graph. A capture that fails raises the error that caused
+    it and leaves the process as it found it: torch.cuda.graph, when capture_end raises, raises that follow-on error,
+    leaves its side stream current and the allocator routing allocations into the graph's memory pool."""
+    graph, pool = torch.cuda.CUDAGraph(), torch.cuda.graph_pool_handle()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # the graph allocates from a pool of its own: free what the warm-up left cached
+    with _side_stream():
+        graph.capture_begin(pool=pool)
+        try:
+            outputs = step(batch)
+        except BaseException:
+            with contextlib.suppress(RuntimeError):  # capture_end's error, if any, follows from the step's
+                _end_capture(graph, pool)
+            raise
+        _end_capture(graph, pool)
+    return graph, outputs
+
+
+def _end_capture(graph, pool) -> None:
+    """capture_end; where it raises (a capture the step invalidated), what it skipped is done here: the allocator
+    stops routing into the graph's pool, and the pool is released unless the graph will release it (once
+    capture_end has marked the capture ended, where pool() answers)."""
+    try:
+        graph.capture_end()
+    except RuntimeError:
+        device = torch.cuda.current_device()
+        with contextlib.suppress(RuntimeError):  # capture_end had got past the allocator
+            torch._C._cuda_endAllocateToPool(device, pool)
+        try:
+            graph.pool()
+        except RuntimeError:
+            torch._C._cuda_releasePool(device, pool)
+        raise
 
 
 def _snapshot(model: IteraLite, optimizer) -> dict:
@@ -195,8 +274,7 @@ def _snapshot(model: IteraLite, optimizer) -> dict:
 
 @torch.no_grad()
 def _restore(model: IteraLite, optimizer, saved: dict) -> None:
-    """Undo the warm-up in place (the graph records these very tensors): weights back, optimizer state back, or
-    zeroed where the warm-up created it."""
+    """Undo the warm-up in place: weights back, optimizer state back, or zeroed where the warm-up created it."""
     for p, value in zip(model.parameters(), saved["model"]):
         p.copy_(value)
     for p, state in optimizer.state.items():
@@ -212,11 +290,14 @@ def training_step(model: IteraLite, optimizer, cfg: TrainConfig, teacher: IteraL
     step = eager_step(model, optimizer, cfg, teacher, device)
     if device.type != "cuda":
         return step
+    # The one convolution (depthwise, k = 4): where torch gives it to cuDNN, a backward without atomics, so that a
+    # run repeats bit for bit (docs/reruns.md)
+    torch.backends.cudnn.deterministic = True
     try:
         graphed = GraphedStep(step, model, optimizer, example_batch)
     except Exception as err:  # capture refuses many things (a host sync, a CPU tensor, an unsupported op)
         log.warning("training step not captured as a CUDA graph (%s: %s); running it eagerly", type(err).__name__,
-                    err)
+                    err, exc_info=err)
         return step
     log.info("training step captured as a CUDA graph")
     return graphed
@@ -358,7 +439,7 @@ def train(
     step_fn = training_step(model, optimizer, cfg, teacher, device, example)
     with _SignalFlag() as stop_signal:
         while state["step"] < total:
-            batch = windows.next().to(device)
+            batch = to_device(windows.next(), device)
             lr = set_lr(state["step"])
             losses = step_fn(batch)
             state["step"] += 1

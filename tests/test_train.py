@@ -1,3 +1,4 @@
+import contextlib
 import math
 import signal
 import subprocess
@@ -5,10 +6,24 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
+from iteralite import model as model_module
 from iteralite.artifacts import save_torch
 from iteralite.checkpoint import load_checkpoint, save_checkpoint
-from iteralite.train import TrainConfig, lr_factor, perplexity, train
+from iteralite.model import IteraLite
+from iteralite.train import (
+    TrainConfig,
+    _capture,
+    batch_losses,
+    eager_step,
+    lr_factor,
+    perplexity,
+    to_device,
+    train,
+    warm_up,
+)
 
 
 def corpus_tokens(n=6000, vocab=300, seed=0):
@@ -69,6 +84,104 @@ def test_the_same_seed_gives_the_same_fine_tune_and_another_seed_another(tiny_mo
     first, again, other = fine_tune(1), fine_tune(1), fine_tune(2)
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+class OffDevice(TorchDispatchMode):
+    """Records every op that reads or makes a tensor off `device`."""
+
+    def __init__(self, device: str):
+        super().__init__()
+        self.device, self.ops = device, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.device.type != self.device for t in tree_leaves((args, kwargs, out))):
+            self.ops.append(str(func))
+        return out
+
+
+def test_the_training_step_makes_every_tensor_on_its_device_and_reads_none_back(tiny_cfg, monkeypatch):
+    """The step's forward, backward and clipping with the GPU's MoE dispatch, on the meta device: a tensor made on
+    the host (which CUDA would copy with a blocking copy, illegal in a capture) is recorded, and reading a value
+    back (.item(), nonzero, a branch on a tensor) raises, as a meta tensor has no values."""
+    monkeypatch.setattr(model_module, "DENSE_DISPATCH_DEVICES", {"cuda", "meta"})
+    real_autocast = torch.autocast  # no meta backend; autocast changes dtypes, not devices
+    monkeypatch.setattr(torch, "autocast", lambda device_type, **kwargs: contextlib.nullcontext()
+                        if device_type == "meta" else real_autocast(device_type, **kwargs))
+    model, teacher = IteraLite(tiny_cfg).to("meta"), IteraLite(tiny_cfg).to("meta")
+    batch = torch.zeros(4, tiny_cfg.max_seq + 1, dtype=torch.long, device="meta")
+    with OffDevice("meta") as off_device:
+        loss, _, _ = batch_losses(model, batch, TrainConfig(distill_weight=0.5), teacher)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(model.parameters()), 1.0)
+    assert off_device.ops == []
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_a_batch_goes_to_cuda_from_pinned_memory_without_a_wait():
+    class Recorded:
+        def __init__(self):
+            self.calls = []
+
+        def pin_memory(self):
+            self.calls.append("pin_memory")
+            return self
+
+        def to(self, device, non_blocking=False):
+            self.calls.append(("to", device.type, non_blocking))
+            return self
+
+    batch = Recorded()
+    assert to_device(batch, torch.device("cuda")) is batch
+    assert batch.calls == ["pin_memory", ("to", "cuda", True)]
+    on_cpu = torch.zeros(2, 9, dtype=torch.long)
+    assert to_device(on_cpu, torch.device("cpu")) is on_cpu
+
+
+def optimizer_with_state(model):
+    """The CPU loop's AdamW after one step: the state of a resumed run, step counts included."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    eager_step(model, optimizer, TrainConfig(), None, torch.device("cpu"))(torch.randint(0, 300, (2, 9)))
+    return optimizer
+
+
+def test_a_warm_up_step_that_raises_leaves_weights_and_optimizer_state_as_they_were(tiny_model):
+    """The graphed step's warm-up is undone also when its second step raises (out of memory, say), after both steps
+    moved the weights and the step counts: the eager run that follows starts where the run was."""
+    optimizer = optimizer_with_state(tiny_model)
+    weights = [p.detach().clone() for p in tiny_model.parameters()]
+    state = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+    step, calls = eager_step(tiny_model, optimizer, TrainConfig(), None, torch.device("cpu")), []
+
+    def fails_on_call_2(batch):
+        calls.append(step(batch))
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("out of memory")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        warm_up(fails_on_call_2, tiny_model, optimizer, torch.randint(0, 300, (2, 9)), steps=3)
+    assert len(calls) == 2
+    assert all(torch.equal(p, before) for p, before in zip(tiny_model.parameters(), weights))
+    assert all(torch.equal(v, state[p][k]) for p, s in optimizer.state.items() for k, v in s.items())
+    assert all(p.grad is None for p in tiny_model.parameters())
+
+
+def test_the_last_warm_up_step_runs_with_host_syncs_made_errors(tiny_model, monkeypatch):
+    import iteralite.train as train_module
+
+    open_blocks = []  # the devices of the _host_syncs_raise blocks entered and not yet left
+
+    @contextlib.contextmanager
+    def recorded(device):
+        open_blocks.append(device)
+        yield
+        open_blocks.pop()
+
+    monkeypatch.setattr(train_module, "_host_syncs_raise", recorded)
+    modes = []
+    warm_up(lambda batch: modes.append(bool(open_blocks)), tiny_model, torch.optim.AdamW(tiny_model.parameters()),
+            torch.zeros(2, 9, dtype=torch.long), steps=3)
+    assert modes == [False, False, True]
 
 
 def load_copy(model):
@@ -178,6 +291,18 @@ def test_cuda_training_steps_follow_the_cpu_ones(tiny_model):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_run_twice_gives_the_same_bits(tiny_model):
+    """On one GPU the same run repeats bit for bit: no step of it adds with atomics (docs/reruns.md)."""
+    tokens = corpus_tokens()
+    cfg = TrainConfig(batch_size=8, lr=3e-3, warmup=2, max_steps=8, eval_every=8, eval_tokens=2000)
+    (first, first_curve), (again, again_curve) = (train(load_copy(tiny_model), tokens, tokens, cfg,
+                                                        device=torch.device("cuda")) for _ in range(2))
+    assert all(torch.equal(p, q) for p, q in zip(first.state_dict().values(), again.state_dict().values()))
+    assert [row["train_loss"] for row in first_curve] == [row["train_loss"] for row in again_curve]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_graphed_training_steps_agree_with_eager_ones(tiny_model, monkeypatch, caplog):
     """The step captured as a CUDA graph and the same step run eagerly: the same losses and weights within bf16
     tolerance, and the graphed run says so in its log."""
@@ -194,3 +319,27 @@ def test_graphed_training_steps_agree_with_eager_ones(tiny_model, monkeypatch, c
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-2), (a, b)
     for p, q in zip(graphed_model.parameters(), eager_model.parameters()):
         torch.testing.assert_close(p, q, rtol=5e-2, atol=5e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_host_sync_in_the_cuda_warm_up_raises_before_any_capture(tiny_model):
+    model = tiny_model.cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-3, device="cuda"), capturable=True)
+    with pytest.raises(RuntimeError, match="synchronizing"):
+        warm_up(lambda batch: batch.sum().item(), model, optimizer, torch.zeros(2, 9, device="cuda"), steps=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_failed_cuda_graph_capture_raises_its_cause_and_leaves_the_process_clean():
+    """A step that syncs with the host invalidates the capture: the error raised is the sync's, not capture_end's
+    follow-on one; afterwards the default stream is current again and a new capture in the same process works."""
+    x = torch.arange(8.0, device="cuda")
+    with pytest.raises(RuntimeError) as failure:
+        _capture(lambda batch: (batch * 2).sum().item(), x)
+    assert "previous error during capture" not in str(failure.value), failure.value
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    graph, doubled = _capture(lambda batch: batch * 2, x)
+    graph.replay()
+    assert torch.equal(doubled, x * 2)
