@@ -103,6 +103,8 @@ class OnnxModel:
                                                        providers=["CPUExecutionProvider"])
             except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
                     ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as err:
+                if "external" in str(err):  # a graph loaded from memory cannot reach an external data file
+                    raise ServeError(f"{name}: refers to external data; an export is one file per graph") from None
                 raise ServeError(f"{name}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
         return cls(sessions, manifest)
 

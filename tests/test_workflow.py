@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT, copy_project, snakemake
 
 RULES = ["prepare_corpus", "train_tokenizer", "tokenize", "train_baseline", "analyze", "evaluate",
-         "score_importance", "prune", "finetune", "quantize", "benchmark", "rulegraph", "summary", "report"]
+         "score_importance", "prune", "finetune", "quantize", "export", "benchmark", "rulegraph", "summary", "report"]
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,10 @@ def test_dry_run_lists_every_rule(tmp_path):
     workdir = copy_project(tmp_path)
     jobs = planned_jobs(snakemake(workdir, "all", "-n", "--cores", "2", "--configfile", "config/ci.yaml"))
     assert set(RULES) <= set(jobs), set(RULES) - set(jobs)
-    # 2 criteria x 2 seeds pruned; each by 2 methods, plus the control per seed; INT4 of the two quantize.models
+    # 2 criteria x 2 seeds pruned; each by 2 methods, plus the control per seed; INT4 of the two quantize.models;
+    # those two and their INT4 copies exported (export.models null: one seed per family, here the only one)
     assert jobs["score_importance"] == 4 and jobs["prune"] == 4 and jobs["finetune"] == 10 and jobs["quantize"] == 2
+    assert jobs["export"] == 4
 
 
 def test_lint_is_clean():
@@ -49,6 +51,8 @@ def test_every_artifact_is_produced(study):
                 "models/baseline/dense/curve.csv", "importance/l1-s1.pt", "importance/random-s2.csv",
                 "models/pruned/l1-t40-s2/prune_stats.json", "models/finetuned/dense-s1/model.pt",
                 "models/int4-finetuned/l1-t40-distill-s1/quant_stats.json", "bench/speed.csv", "bench/latency.csv",
+                "export/int4-finetuned/l1-t40-distill-s1/model.onnx", "export/baseline/dense/step.onnx",
+                "export/finetuned/l1-t40-distill-s1/tokenizer.json", "export/int4-baseline/dense/export.json",
                 "bench/samples.json", "metrics/summary.csv", "report.html"]
     missing = [p for p in expected if not (results / p).is_file()]
     assert not missing
@@ -58,12 +62,21 @@ def test_every_artifact_is_produced(study):
 
 def test_summary_has_a_complete_row_per_model(study):
     summary = pd.read_csv(study / "results/metrics/summary.csv")
-    assert list(summary.columns[:12]) == ["model", "stage", "criterion", "target", "method", "seed", "params",
-                                          "file_bytes", "test_ppl", "test_tokens", "tokens_per_s", "step_latency_ms"]
+    assert list(summary.columns[:13]) == ["model", "runtime", "stage", "criterion", "target", "method", "seed",
+                                          "params", "file_bytes", "test_ppl", "test_tokens", "tokens_per_s",
+                                          "step_latency_ms"]
     assert (summary["test_tokens"] == 3968).all()  # 62 whole windows of 64 scored tokens within the budget of 4000
-    assert len(summary) == 17 and summary["model"].is_unique  # one row per model and seed
+    # one row per model and seed in torch, and one per exported model in ONNX Runtime
+    assert len(summary) == 17 + 4 and not summary.duplicated(["model", "runtime"]).any()
     assert not summary[["params", "file_bytes", "test_ppl", "tokens_per_s", "step_latency_ms"]].isna().any().any()
+    deployed = summary[summary["runtime"] == "onnxruntime"].set_index("model")
+    assert sorted(deployed.index) == ["baseline/dense", "finetuned/l1-t40-distill-s1", "int4-baseline/dense",
+                                      "int4-finetuned/l1-t40-distill-s1"]
+    assert (deployed["serve_rss_mb"] > 0).all()
+    summary = summary[summary["runtime"] == "torch"]
     by = summary.set_index("model")
+    # the exports' test perplexity through ONNX Runtime: torch's on the same windows, within 0.1%
+    assert ((deployed["test_ppl"] / by.loc[deployed.index, "test_ppl"] - 1).abs() < 1e-3).all()
     assert by.loc["pruned/l1-t40-s1", "params"] < 0.62 * by.loc["baseline/dense", "params"]
     assert by.loc["pruned/l1-t40-s1", "file_bytes"] < 0.65 * by.loc["baseline/dense", "file_bytes"]
     # seeds are repeats: random scores differ per seed, and so do the fine-tunes
@@ -80,8 +93,9 @@ def test_baseline_learned(study):
 
 def test_report_is_self_contained(study):
     page = (study / "results/report.html").read_text()
-    # parameters, importance, kept fractions, curves, recovery, frontier, size, throughput, latency, rule graph, cost
-    assert page.count("data:image/png;base64,") == 11
+    # parameters, importance, kept fractions, curves, recovery, frontier, size, throughput, latency, deployment,
+    # rule graph, cost
+    assert page.count("data:image/png;base64,") == 12
     for section in ("Findings", "Workflow", "Summary", "Plan vs measured", "Parameter distribution", "Importance",
                     "Pruning", "Training", "Size and quality", "Speed", "Sample generations", "Cost per rule",
                     "Study config"):
@@ -144,17 +158,23 @@ AFTER_FINETUNE = {"benchmark": 1, "summary": 1, "report": 1, "all": 1}
 CONFIG_CHANGES = {
     "benchmark:\n  repeats: 3\n": AFTER_FINETUNE,
     # every model's evaluation, nothing upstream
-    "evaluate:\n  test_tokens: 3000\n": {"evaluate": 17, "summary": 1, "report": 1, "all": 1},
-    # 10 fine-tunes (8 variants and the 2 controls), the INT4 copy of one, evaluation of all 11
-    "finetune:\n  lr: 0.002\n": {"finetune": 10, "quantize": 1, "evaluate": 11, **AFTER_FINETUNE},
+    "evaluate:\n  test_tokens: 3000\n": {"evaluate": 17, "export": 4, "summary": 1, "report": 1, "all": 1},
+    # the exports alone (their verification), and what shows them
+    "export:\n  verify_windows: 4\n": {"export": 4, "benchmark": 1, "summary": 1, "report": 1, "all": 1},
+    # a new export: the seed-2 copy of the same family
+    "export:\n  models: [finetuned/l1-t40-distill-s2]\n": {"export": 1, **AFTER_FINETUNE},
+    # 10 fine-tunes (8 variants and the 2 controls), the INT4 copy of one, evaluation of all 11, the exports of that
+    # one and its copy
+    "finetune:\n  lr: 0.002\n": {"finetune": 10, "quantize": 1, "evaluate": 11, "export": 2, **AFTER_FINETUNE},
     # the distilled fine-tunes only: plain ones and the controls never read the temperature
-    "finetune:\n  distill_temperature: 3.0\n": {"finetune": 4, "quantize": 1, "evaluate": 5, **AFTER_FINETUNE},
+    "finetune:\n  distill_temperature: 3.0\n": {"finetune": 4, "quantize": 1, "evaluate": 5, "export": 2,
+                                                **AFTER_FINETUNE},
     # the new variants only (no INT4 copies: none is named): no retraining, no rescoring, the existing ones untouched
     "pruning:\n  targets: [0.4, 0.3]\n": {"prune": 4, "finetune": 8, "evaluate": 12, **AFTER_FINETUNE},
     # every prune and what follows; the scores do not depend on the allocation
     "pruning:\n  pressure:\n    ssm_channels: 1.0\n": {"prune": 4, "finetune": 8, "quantize": 1, "evaluate": 13,
-                                                       **AFTER_FINETUNE},
-    "quantize:\n  group_size: 64\n": {"quantize": 2, "evaluate": 2, **AFTER_FINETUNE},
+                                                       "export": 2, **AFTER_FINETUNE},
+    "quantize:\n  group_size: 64\n": {"quantize": 2, "evaluate": 2, "export": 2, **AFTER_FINETUNE},
     # a third seed: its own scores, pruned and fine-tuned models; speed is measured on the first seed only
     "seeds: [1, 2, 3]\n": {"score_importance": 2, "prune": 2, "finetune": 5, "evaluate": 7,
                            "summary": 1, "report": 1, "all": 1},
@@ -172,8 +192,10 @@ CODE_EDITS = {
     "report.py": {"report": 1, "all": 1},
     # analyze and both criteria's scores; the pruned and fine-tuned variants, not the baseline nor the control
     "pruning/groups.py": {"analyze": 1, "score_importance": 4, "prune": 4, "finetune": 8, "quantize": 1,
-                          "evaluate": 13, **AFTER_FINETUNE},
+                          "evaluate": 13, "export": 2, **AFTER_FINETUNE},
     "bench.py": AFTER_FINETUNE,
+    # the exports and what reads them; serving's code is the benchmark's too
+    "onnxgraph.py": {"export": 4, **AFTER_FINETUNE},
 }
 
 
