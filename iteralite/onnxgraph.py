@@ -17,11 +17,12 @@ the state it returned. i runs over the layers that have an SSM block; the state 
 - the causal depthwise conv with its SiLU is one `com.microsoft.CausalConvWithState` node, which also returns the
   last k-1 inputs (the conv state);
 - the MoE block runs every expert on every token, weighted by the top-k gates scattered into a (b, l, e) matrix
-  (model.MoEBlock._dense_mix): static shapes, the same sums as the torch model, in the same expert order;
+  (model.MoEBlock._dense_mix): static shapes, the experts' w1 stacked and their w2 joined into two matmuls;
 - an INT4 model keeps its 4-bit weights: every Linear and the tied LM head are `com.microsoft.MatMulNBits`, the
   embeddings `com.microsoft.GatherBlockQuantized`, on the project's own nibbles, scales and zero points
   (quant.py's layout, w = (q - zero_point) * scale). The tied table's nibbles are one initializer that the head
-  and the gather share. A layer whose quantization group is under 16 (the kernels' smallest block) is a float32
+  and the gather share; joined expert weights keep their values (a group split into smaller blocks repeats its
+  scale and zero point). A layer whose quantization group is under 16 (the kernels' smallest block) is a float32
   MatMul of its dequantized weight, the same values.
 
 This module needs onnx and numpy only; iteralite.export feeds it a model's tensors and verifies the result.
@@ -67,6 +68,24 @@ class Int4Weight:
     @property
     def kernel_fits(self) -> bool:
         return self.group_size >= MIN_BLOCK
+
+    def reblocked(self, group_size: int) -> Int4Weight:
+        """The same values in groups of `group_size` (a divisor of this one's): each group's scale and zero point
+        repeated for its sub-groups."""
+        repeat = self.group_size // group_size
+        return Int4Weight(self.nibbles, np.repeat(self.scale, repeat, axis=1),
+                          np.repeat(self.zero_point, repeat, axis=1), group_size)
+
+
+def concatenated(weights: list[Weight], axis: int) -> Weight:
+    """Weights (N_j, K_j) joined along rows (axis 0, the same K) or columns (axis 1, the same N), the same values;
+    4-bit ones in their smallest group size (every K_j is a multiple of it, so no group straddles two)."""
+    if not all(isinstance(w, Int4Weight) for w in weights):
+        return np.concatenate([w.dequantize() if isinstance(w, Int4Weight) else w for w in weights], axis=axis)
+    group = min(w.group_size for w in weights)
+    parts = [w.reblocked(group) for w in weights]
+    return Int4Weight(*(np.concatenate([getattr(w, f) for w in parts], axis=axis)
+                        for f in ("nibbles", "scale", "zero_point")), group)
 
 
 Weight = np.ndarray | Int4Weight  # a float32 array or a 4-bit one
@@ -141,17 +160,20 @@ class GraphBuilder:
         return self.op("RMSNormalization", x, scale, axis=-1, epsilon=RMS_EPS / ratio)
 
     def linear(self, x: str, name: str, bias: bool = False) -> str:
-        """y = x W^T (+ b) for the weight `name`.weight (N, K): MatMulNBits on a 4-bit weight, MatMul otherwise."""
-        weight, bias_name = self.tensors[f"{name}.weight"], f"{name}.bias" if bias else ""
-        if bias:
-            self.const(bias_name, self.array(bias_name))
+        """y = x W^T (+ b) for the weight `name`.weight (N, K) and its bias `name`.bias."""
+        bias_value = self.array(f"{name}.bias") if bias else None
+        return self.matmul(x, name, self.tensors[f"{name}.weight"], bias_value)
+
+    def matmul(self, x: str, name: str, weight: Weight, bias: np.ndarray | None = None) -> str:
+        """y = x W^T (+ b): MatMulNBits on a 4-bit weight, MatMul otherwise; `name` names its initializers."""
+        bias_name = self.const(f"{name}.bias", bias) if bias is not None else ""
         if isinstance(weight, Int4Weight) and weight.kernel_fits:
             return self.matmul_nbits(x, name, weight, bias_name)
         if isinstance(weight, Int4Weight):
             self.float_layers.append(name)
             weight = weight.dequantize()
         y = self.op("MatMul", x, self.const(f"{name}.weight_t", np.asarray(weight, np.float32).T))
-        return self.op("Add", y, bias_name) if bias else y
+        return self.op("Add", y, bias_name) if bias_name else y
 
     def matmul_nbits(self, x: str, name: str, weight: Int4Weight, bias_name: str = "") -> str:
         n, k = weight.shape
@@ -236,21 +258,28 @@ class GraphBuilder:
         return self.op("Add", u, self.linear(gated, f"{p}.out_proj"))
 
     def moe_block(self, u: str, i: int, cfg: IteraLiteConfig) -> str:
-        """model.MoEBlock with the dense mix: every expert on every token, weighted by the scattered top-k gates."""
+        """model.MoEBlock with the dense mix: every expert on every token, weighted by the scattered top-k gates.
+        The experts run as two matmuls: their w1 stacked by rows, w2 joined by columns, each expert's hidden
+        channels weighted by its gate in between (sum_e g_e w2_e(h_e) = w2(g h)), and the w2 biases as gates @ b2;
+        a graph of a few nodes per block instead of six per expert, where at one token a node costs its dispatch."""
         p = f"layers.{i}.moe"
+        experts = [f"{p}.experts.{e}" for e in range(cfg.experts_in(i))]
         x = self.rms_norm(u, f"{p}.norm", cfg.norm_ref_d_model)
         logits = self.linear(x, f"{p}.router")  # (..., e)
         top, chosen = self.op("TopK", logits, self.ints(f"{p}.top_k", [cfg.top_k_in(i)]), outputs=2, axis=-1)
-        gates = self.op("ScatterElements", self.op("Mul", logits, self.const("zero_f", np.float32(0))), chosen,
-                        self.op("Softmax", top, axis=-1), axis=-1)
-        out = None
-        for e in range(cfg.experts_in(i)):
-            expert = f"{p}.experts.{e}"
-            hidden = self.op("Gelu", self.linear(x, f"{expert}.w1", bias=True), approximate="none")
-            gate = self.op("Slice", gates, self.ints(f"e{e}", [e]), self.ints(f"e{e + 1}", [e + 1]),
-                           self.ints("last", [-1]))
-            term = self.op("Mul", gate, self.linear(hidden, f"{expert}.w2", bias=True))
-            out = term if out is None else self.op("Add", out, term)
+        zeros = self.op("ConstantOfShape", self.op("Shape", logits),
+                        value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+        gates = self.op("ScatterElements", zeros, chosen, self.op("Softmax", top, axis=-1), axis=-1)  # (..., e)
+        w1 = concatenated([self.tensors[f"{e}.w1.weight"] for e in experts], axis=0)
+        b1 = np.concatenate([self.array(f"{e}.w1.bias") for e in experts])
+        hidden = self.op("Gelu", self.matmul(x, f"{p}.experts.w1", w1, b1), approximate="none")  # (..., sum h)
+        sizes = cfg.layer_expert_hidden[i]
+        spread = np.repeat(np.eye(len(sizes), dtype=np.float32), sizes, axis=1)  # (e, sum h): gate -> its channels
+        weighted = self.op("Mul", hidden, self.op("MatMul", gates, self.const(f"{p}.gate_spread", spread)))
+        w2 = concatenated([self.tensors[f"{e}.w2.weight"] for e in experts], axis=1)
+        out = self.matmul(weighted, f"{p}.experts.w2", w2)
+        b2 = np.stack([self.array(f"{e}.w2.bias") for e in experts])  # (e, d)
+        out = self.op("Add", out, self.op("MatMul", gates, self.const(f"{p}.experts.b2", b2)))
         return self.op("Add", u, out)
 
     def body(self, u: str, cfg: IteraLiteConfig, states: dict[int, tuple[str, str]]) -> str:
