@@ -211,10 +211,11 @@ def deployment_table(summary: pd.DataFrame) -> pd.DataFrame:
 def deployment_plot(table: pd.DataFrame) -> str:
     """Latency per generated token and weight memory of every exported model, per runtime."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.8 + 0.45 * table["model"].nunique()), sharey=True)
-    sns.barplot(table, y="model", x="step_latency_ms", hue="runtime", ax=axes[0])
+    sns.barplot(table, y="model", x="step_latency_ms", hue="runtime", ax=axes[0], legend=False)
     axes[0].set(xlabel="ms per generated token (batch 1)", ylabel="")
-    sns.barplot(table, y="model", x="weight_mem_mb", hue="runtime", ax=axes[1], legend=False)
+    sns.barplot(table, y="model", x="weight_mem_mb", hue="runtime", ax=axes[1])
     axes[1].set(xlabel="weights in memory (MB)", ylabel="")
+    sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
     return figure_html(fig, "Every exported model in torch and in ONNX Runtime, measured side by side in one "
                             "process: latency per generated token at batch 1 and the weights each runtime holds.")
 
