@@ -25,7 +25,8 @@ def main(summary_csv: str = "results/metrics/summary.csv") -> None:
         print(f"{model:<40}{o['step_latency_ms'] / t['step_latency_ms']:>17.3f}x"
               f"{o['tokens_per_s'] / t['tokens_per_s']:>18.2f}x"
               f"{o['tokens_per_s'] / base['tokens_per_s']:>24.2f}x"
-              f"{o['step_latency_ms'] / base['step_latency_ms']:>23.3f}x{o['serve_rss_mb'] / t['serve_rss_mb']:>19.3f}x")
+              f"{o['step_latency_ms'] / base['step_latency_ms']:>23.3f}x"
+              f"{o['serve_rss_mb'] / t['serve_rss_mb']:>19.3f}x")
     print(f"\n{'INT4 in ONNX Runtime against its float32 source in ONNX Runtime':<64}"
           f"{'weights':>9}{'latency':>9}{'tokens/s':>10}")
     for model in exported:
