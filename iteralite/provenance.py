@@ -3,7 +3,9 @@
 Snakemake tracks a rule's script file but not the modules it imports. `code_digest` follows a script's imports of
 this package statically (every `import`/`from ... import` anywhere in a module, lazy ones included) and hashes the
 source of each module reached; the workflow passes that digest as a rule param, so an edit to a module reruns
-exactly the rules whose scripts reach it, and what follows them.
+exactly the rules whose scripts reach it, and what follows them. `files_digest` tracks the files that ship with the
+workflow (the Snakefile and rules for the rule graph, the plan's expectations, the embedded corpus) the same way:
+by their names within the checkout and their content, so that no param or input holds a path of the checkout.
 """
 
 from __future__ import annotations
@@ -92,6 +94,22 @@ def code_digest(script: str | Path, module: str | None = None) -> str:
     for name in module_closure(Path(script), module):
         digest.update(name.encode() + b"\0" + module_file(name).read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def files_digest(root: str | Path, paths) -> dict[str, str]:
+    """Each file by its name relative to `root` and a short hash of its content: the param a rule tracks files with
+    that ship with the workflow (its own files, the package's data). A declared input would record the file's path,
+    and so rerun everything when the checkout is moved, copied or mounted elsewhere; this changes only with a file's
+    name within `root` or its content. A file outside `root` is refused (ValueError)."""
+    root = Path(root).resolve()
+    named = {Path(path).resolve().relative_to(root).as_posix(): path for path in paths}
+    return {name: file_sha256(named[name])[:16] for name in sorted(named)}
+
+
+def package_files_digest(*paths) -> dict[str, str]:
+    """`files_digest` of data files of this package, named as they lie beside it ('iteralite/data/...'), wherever
+    the package is installed."""
+    return files_digest(PACKAGE_DIR.parent, paths)
 
 
 def fingerprint(settings: dict, files: dict[str, str | None], code_module: str) -> dict[str, str]:

@@ -27,11 +27,15 @@ def model_config(config: dict) -> IteraLiteConfig:
 
 
 def corpus_files(corpus: dict) -> list[str]:
-    """The files prepare_corpus reads for the config's corpus section: the user's files, or the embedded corpus
-    (none for a hub dataset)."""
-    if corpus["source"] == "files":
-        return list(corpus["paths"])
-    return [str(EMBEDDED_CORPUS)] if corpus["source"] == "embedded" else []
+    """The user's files prepare_corpus reads for the config's corpus section, as the config names them: its declared
+    inputs (none for the embedded corpus or a hub dataset)."""
+    return list(corpus["paths"]) if corpus["source"] == "files" else []
+
+
+def shipped_corpus(corpus: dict) -> list:
+    """The embedded corpus when the config reads it: data of the package, tracked by content like its code
+    (`provenance.package_files_digest`), not as an input that would record where the checkout lies."""
+    return [EMBEDDED_CORPUS] if corpus["source"] == "embedded" else []
 
 
 def config_slice(config: dict, keys, drop=()) -> dict:

@@ -37,3 +37,10 @@ def start(snakemake) -> logging.Logger:
 
     sys.excepthook = log_uncaught
     return logger
+
+
+def workflow_file(snakemake, name: str) -> str:
+    """A file of the workflow, by its name relative to the workflow's directory (as a rule's params name it,
+    `provenance.files_digest`): found from the job's script, which lies in scripts/ there, and not from the job's
+    working directory, which may be another (`--directory`)."""
+    return os.path.join(os.path.dirname(os.path.normpath(snakemake.scriptdir)), name)

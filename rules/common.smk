@@ -40,6 +40,13 @@ def code_of(script):
     return provenance.code_digest(Path(workflow.basedir) / "scripts" / f"{script}.py")
 
 
+def workflow_files(*paths):
+    """Files of the workflow, each by its name relative to the workflow's directory and its content
+    (iteralite.provenance.files_digest): a rule's param, so that the study reruns nothing when the checkout is moved,
+    copied or mounted elsewhere; a job finds them with iteralite.workflow.workflow_file."""
+    return provenance.files_digest(workflow.basedir, paths)
+
+
 def checkpoint_path(model):
     """'stage/variant' -> its checkpoint file."""
     return f"results/models/{model}/model.pt"

@@ -3,6 +3,7 @@
 
 rule prepare_corpus:
     input:
+        # a user's corpus files, as the config names them
         study.corpus_files(config["corpus"]),
     output:
         train="results/corpus/train.txt",
@@ -11,6 +12,8 @@ rule prepare_corpus:
         stats="results/corpus/stats.json",
     params:
         settings=config_slice("corpus", "seed"),
+        # the embedded corpus, by its name in the package and its content
+        shipped=provenance.package_files_digest(*study.shipped_corpus(config["corpus"])),
         code=code_of("prepare_corpus"),
     conda:
         "../envs/iteralite.yaml"

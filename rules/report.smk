@@ -34,13 +34,12 @@ rule benchmark:
 
 
 rule rulegraph:
-    input:
-        # the rule graph changes with the workflow's code, and with the config only where it removes a rule
-        snakefile=workflow.main_snakefile,
-        rules=sorted(str(path) for path in Path(workflow.basedir).glob("rules/*.smk")),
     output:
         dot="results/rulegraph.dot",
     params:
+        # the rule graph changes with the workflow's code, and with the config only where it removes a rule
+        snakefile=workflow_files(workflow.main_snakefile),
+        rules=workflow_files(*Path(workflow.basedir).glob("rules/*.smk")),
         settings=config_slice("quantize.models"),
         code=code_of("rulegraph"),
     # Mostly waiting (3 s of CPU in 12-20 s: the nested Snakemake loads the Slurm plugin, which asks `scontrol` for up
@@ -89,11 +88,11 @@ rule report:
         latency="results/bench/latency.csv",
         samples="results/bench/samples.json",
         job_benchmarks=job_benchmarks(),
-        plan="report/plan_expectations.yaml",
         rulegraph="results/rulegraph.dot",
     output:
         html="results/report.html",
     params:
+        plan=workflow_files(Path(workflow.basedir) / "report/plan_expectations.yaml"),
         # The report prints the study config, so every key changes its output.
         study_config=config_slice(*config),
         code=code_of("report"),

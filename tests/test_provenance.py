@@ -79,3 +79,23 @@ def test_importance_depends_on_calibration_unless_random():
     for criterion in ("l1", "taylor"):  # blocks are scored by their skip loss on calibration batches
         assert "pruning.calibration_batches" in study.importance_keys(CONFIG, criterion)
     assert not any("targets" in k for c in ("l1", "taylor", "random") for k in study.importance_keys(CONFIG, c))
+
+
+def test_files_digest_names_files_within_their_root_wherever_it_lies(tmp_path):
+    first, second = tmp_path / "checkout", tmp_path / "scratch" / "renamed"
+    for root in (first, second):
+        (root / "rules").mkdir(parents=True)
+        (root / "Snakefile").write_text("include: 'rules/a.smk'\n")
+        (root / "rules" / "a.smk").write_text("rule a:\n")
+
+    def digest(root):
+        return provenance.files_digest(root, [root / "rules" / "a.smk", root / "Snakefile"])
+
+    assert digest(first) == digest(second) and list(digest(first)) == ["Snakefile", "rules/a.smk"]
+    (second / "rules" / "a.smk").write_text("rule b:\n")
+    assert digest(second)["rules/a.smk"] != digest(first)["rules/a.smk"]
+    assert digest(second)["Snakefile"] == digest(first)["Snakefile"]
+    with pytest.raises(ValueError):
+        provenance.files_digest(first, [second / "Snakefile"])  # outside its root: no name to give it
+    assert list(provenance.package_files_digest(provenance.PACKAGE_DIR / "data" / "austen.jsonl.gz")) == \
+        ["iteralite/data/austen.jsonl.gz"]
