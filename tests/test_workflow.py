@@ -3,10 +3,11 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, copy_project, snakemake
+from conftest import RENAMES, ROOT, copy_project, snakemake
 
 RULES = ["prepare_corpus", "train_tokenizer", "tokenize", "train_baseline", "analyze", "evaluate",
          "score_importance", "prune", "finetune", "quantize", "benchmark", "rulegraph", "summary", "report"]
@@ -54,6 +55,19 @@ def test_every_artifact_is_produced(study):
     assert not missing
     for rule in ("train_baseline", "report"):
         assert (study / "logs" / f"{rule}.log").is_file() and (study / "benchmarks" / f"{rule}.tsv").is_file()
+
+
+def test_every_artifact_is_renamed_into_place(study):
+    """Every file the study wrote under results/ reached its path by a rename from a temporary file beside it
+    (iteralite.artifacts): a job killed mid-write leaves no output a rerun takes as complete. The study's processes
+    recorded every rename they made (tests/rename_audit); a file written in place has none."""
+    renames = [line.split("\t") for f in (study / RENAMES).glob("*.tsv") for line in f.read_text().splitlines()]
+    renamed = {Path(target).resolve() for source, target in renames
+               if Path(source).parent == Path(target).parent and Path(source).name.startswith(f".{Path(target).name}.")
+               and source.endswith(".tmp")}
+    artifacts = [path for path in (study / "results").rglob("*") if path.is_file()]
+    assert {"tokens.pt", "model.pt", "summary.csv", "rulegraph.dot", "report.html"} <= {p.name for p in artifacts}
+    assert [str(path.relative_to(study)) for path in artifacts if path.resolve() not in renamed] == []
 
 
 def test_summary_has_a_complete_row_per_model(study):
