@@ -82,6 +82,9 @@ def test_summary_has_a_complete_row_per_model(study):
     assert list(summary.columns) == ["model", "stage", "criterion", "target", "method", "seed", "params", "file_bytes",
                                      "test_ppl", "test_tokens", "tokens_per_s", "step_latency_ms", "family",
                                      "peak_mem_mb", "weight_mem_mb", "int4_path"]
+    readme_row = next(row for row in (ROOT / "README.md").read_text().splitlines() if row.startswith("| `metrics/summ"))
+    named = [name for names in re.findall(r"`([^`]+)`", readme_row.split("|")[2]) for name in names.split(", ")]
+    assert named == list(summary.columns)  # the README lists them as they are
     assert (summary["test_tokens"] == 3968).all()  # 62 whole windows of 64 scored tokens within the budget of 4000
     assert sorted(summary["model"]) == sorted(MODELS)  # one row per model and seed
     assert not summary[["params", "file_bytes", "test_ppl", "tokens_per_s", "step_latency_ms"]].isna().any().any()
