@@ -226,11 +226,50 @@ SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 
 def check(config: dict, schema: str = SCHEMA) -> None:
-    """The whole config check run at parse time: JSON Schema (filling defaults), then `validate`."""
+    """The whole config check run at parse time: JSON Schema (filling defaults), then `validate`. Either raises
+    ConfigError naming the dotted key."""
+    from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate as validate_schema
 
-    validate_schema(config, schema)
+    try:
+        validate_schema(config, schema)
+    except WorkflowError as err:
+        raise ConfigError(schema_error(config, schema) or str(err)) from None
     validate(config)
+
+
+def schema_error(config: dict, schema: str = SCHEMA) -> str | None:
+    """The schema violation JSON Schema reports first (its best match), as '<dotted key>: <what is wrong>'; None
+    when the config is valid."""
+    import jsonschema
+    import yaml
+
+    with open(schema, encoding="utf-8") as f:
+        root = yaml.safe_load(f)
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(root).iter_errors(config))
+    if error is None:
+        return None
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path).lstrip(".")
+
+    def child(name):
+        return f"{key}.{name}" if key else name
+
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        known = sorted(error.schema.get("properties", {}))
+        return f"{child(unknown[0])}: not a key of {key or 'the config'} (its keys: {', '.join(known)})"
+    if error.validator == "required":
+        missing = [name for name in error.validator_value if name not in error.instance]
+        return f"{child(missing[0])}: missing (a required key)"
+    alternatives = error.validator_value if error.validator == "anyOf" else []
+    if alternatives and all("required" in option for option in alternatives):  # a training budget
+        names = [child(name) for option in alternatives for name in option["required"]]
+        return f"{key}: needs a budget: set {', '.join(names[:-1])} or {names[-1]}"
+    if error.parent is not None and error.parent.validator in ("oneOf", "anyOf"):  # a value of several forms
+        forms = "; ".join(dict.fromkeys(e.message for e in error.parent.context))
+        return f"{key}: {error.instance!r} matches none of its forms ({forms})"
+    description = error.schema.get("description") if isinstance(error.schema, dict) else None
+    return f"{key}: {error.message}" + (f" ({description})" if description else "")
 
 
 def check_groups(groups: dict[str, str], components: dict[str, int], rules: set[str]) -> None:

@@ -70,19 +70,27 @@ def project_env(workdir: Path) -> dict:
     return {**os.environ, "PYTHONPATH": str(workdir)}
 
 
-def snakemake(workdir: Path, *args, check=True):
+def snakemake(workdir: Path, *args, check=True, env: dict | None = None):
     run = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True,
-                         timeout=1200, env=project_env(workdir))
+                         timeout=1200, env=env or project_env(workdir))
     if check and run.returncode != 0:
         raise AssertionError(run.stdout[-4000:] + run.stderr[-4000:])
     return run
 
 
+# A folder whose sitecustomize records every rename each process of the study makes (in RENAMES of the study).
+RENAME_AUDIT = ROOT / "tests" / "rename_audit"
+RENAMES = ".test-renames"
+
+
 @pytest.fixture(scope="session")
 def study(tmp_path_factory):
-    """The tiny study of config/ci.yaml, run once per test session."""
+    """The tiny study of config/ci.yaml, run once per test session; its processes record their renames."""
     workdir = copy_project(tmp_path_factory.mktemp("study"))
+    (workdir / RENAMES).mkdir()
+    env = {**project_env(workdir), "PYTHONPATH": os.pathsep.join([str(workdir), str(RENAME_AUDIT)]),
+           "ITERALITE_TEST_RENAMES": str(workdir / RENAMES)}
     start = time.perf_counter()
-    snakemake(workdir, "all", "--cores", "2", "--configfile", "config/ci.yaml")
+    snakemake(workdir, "all", "--cores", "2", "--configfile", "config/ci.yaml", env=env)
     print(f"tiny study: {time.perf_counter() - start:.0f} s")
     return workdir

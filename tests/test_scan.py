@@ -56,13 +56,28 @@ def test_model_gradients_are_the_same_with_either_scan(tiny_model, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
 
 
-def test_fused_scan_does_not_depend_on_the_thread_count():
+@pytest.fixture
+def thread_counts():
+    """torch's and numba's thread counts as they were before the test, restored after it."""
+    before = torch.get_num_threads(), scan.numba.get_num_threads()
+    yield
+    torch.set_num_threads(before[0])
+    scan.numba.set_num_threads(before[1])
+
+
+def test_fused_scan_does_not_depend_on_the_thread_count(thread_counts):
+    """One torch thread runs the serial kernels, two the parallel ones on two numba threads: the same bits, forward
+    and backward. Where numba has a single thread both runs would take the serial kernels and compare nothing."""
+    if scan.numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here (NUMBA_NUM_THREADS=2 runs the parallel kernels on one core too)")
     inputs = scan_inputs(torch.float32, b=4, di=40, seed=2)
     results = []
-    for threads in (1, 2):
+    for threads, parallel in ((1, False), (2, True)):
         torch.set_num_threads(threads)
+        assert scan._kernels() is scan.KERNELS[parallel]
         y = scan.FusedScan.apply(*inputs)
         results.append((y, *torch.autograd.grad(y.sum(), inputs)))
+        assert not parallel or scan.numba.get_num_threads() == 2
     for a, b in zip(*results):
         assert torch.equal(a, b)
 

@@ -21,6 +21,7 @@ import yaml
 from conftest import ROOT, copy_project, project_env, snakemake
 
 from iteralite.checkpoint import load_checkpoint
+from iteralite.train import TrainConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -57,8 +58,11 @@ def ci_profile(dest: Path, finetune_minutes: int | str = 30, retries: int | None
     return dest
 
 
-def run_on_slurm(workdir: Path, profile: Path, *args) -> list[list[str]]:
-    """Snakemake with the profile; the sacct rows (Comment, Partition, State, AllocTRES) of the jobs it submitted,
+SACCT_FIELDS = ["JobID", "Comment", "Partition", "State", "AllocTRES"]
+
+
+def run_on_slurm(workdir: Path, profile: Path, *args) -> list[dict[str, str]]:
+    """Snakemake with the profile; one sacct row (SACCT_FIELDS) per job it submitted, in the order of their ids,
     found by the Slurm job ids the plugin logs (a time window would catch an earlier test's last job too)."""
     run = subprocess.run(["timeout", "-k", "10", "1500", sys.executable, str(ROOT / "tests/snakemake_fast_status.py"),
                           "--profile", str(profile), *args], cwd=workdir, capture_output=True, text=True,
@@ -66,9 +70,57 @@ def run_on_slurm(workdir: Path, profile: Path, *args) -> list[list[str]]:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     job_ids = re.findall(r"has been submitted with SLURM jobid (\d+)", run.stdout + run.stderr)
     assert job_ids, run.stderr[-3000:]
-    listing = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "Comment,Partition,State,AllocTRES",
-                              "-j", ",".join(job_ids)], capture_output=True, text=True, check=True).stdout
-    return [line.split("|") for line in listing.splitlines()]
+    listing = subprocess.run(["sacct", "-n", "-X", "-P", "-o", ",".join(SACCT_FIELDS), "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, check=True).stdout
+    rows = sorted((dict(zip(SACCT_FIELDS, line.split("|"))) for line in listing.splitlines()),
+                  key=lambda row: int(row["JobID"]))
+    assert [row["JobID"] for row in rows] == sorted(set(job_ids), key=int), (job_ids, rows)  # one row per submission
+    return rows
+
+
+def gres(row: dict[str, str]) -> list[str]:
+    """The generic resources Slurm allocated to a job ('gres/gpu=1'), from its AllocTRES."""
+    return re.findall(r"gres/[^,]+", row["AllocTRES"])
+
+
+def states(rows: list[dict[str, str]], comment_prefix: str) -> list[str]:
+    """The final state of each submission whose comment starts with `comment_prefix`, in submission order."""
+    return [row["State"] for row in rows if row["Comment"].startswith(comment_prefix)]
+
+
+class AttemptLogs(threading.Thread):
+    """The text of each attempt of a job's log. A retry's job opens the rule's log anew (logging's mode "w"), so
+    the file is read every 0.2 s and the last text read before it starts over is kept: a retry starts seconds after
+    its attempt ended (a status check, a submission, a Snakemake start)."""
+
+    def __init__(self, log: Path):
+        super().__init__()
+        self.log, self.attempts, self.done = log, [], threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.2):
+            self.read()
+        self.read()
+
+    def read(self):
+        try:
+            text = self.log.read_text()
+        except FileNotFoundError:  # not yet written, or removed before a retry
+            return
+        if not text:
+            return
+        if self.attempts and text.startswith(self.attempts[-1]):
+            self.attempts[-1] = text
+        else:
+            self.attempts.append(text)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.join()
 
 
 # The tiny study cut to one criterion, one seed, one recovery method and one INT4 copy: every rule still runs, 20
@@ -85,20 +137,18 @@ def test_a_study_on_slurm(cluster, tmp_path):
     rows = run_on_slurm(workdir, ci_profile(tmp_path / "profile"), "all", "--configfile", "config/ci.yaml",
                         "config/one_of_each.yaml")
     assert (workdir / "results/report.html").is_file() and (workdir / "results/rulegraph.dot").is_file()
-    assert rows and all(state == "COMPLETED" for _, _, state, _ in rows), rows
-    partitions = {comment: partition for comment, partition, _, _ in rows}
-    assert partitions == {
-        "rule_corpus_prepare_corpus_tokenize_train_tokenizer": "cpu",
-        "rule_train_baseline": "gpu",
-        "rule_pruning_analyze_prune_score_importance": "cpu",
-        "rule_finetune_wildcards_dense-s1": "gpu",
-        "rule_finetune_wildcards_l1-t40-distill-s1": "gpu",
-        "rule_models_evaluate_quantize": "cpu",
-        "rule_benchmark": "cpu",
-    }, partitions
-    with_gpu = sorted(c for c, _, _, tres in rows if "gres/gpu=1" in tres)
-    on_gpu = sorted(c for c, p in partitions.items() if p == "gpu")
-    assert with_gpu == on_gpu, (with_gpu, on_gpu)  # allocated the GPU resource exactly where it was asked for
+    assert all(row["State"] == "COMPLETED" for row in rows), rows
+    # every submission (two with the same comment would be two rows here), its partition and its generic resources
+    submissions = sorted((row["Comment"], row["Partition"], gres(row)) for row in rows)
+    assert submissions == sorted([
+        ("rule_corpus_prepare_corpus_tokenize_train_tokenizer", "cpu", []),
+        ("rule_train_baseline", "gpu", ["gres/gpu=1"]),
+        ("rule_pruning_analyze_prune_score_importance", "cpu", []),
+        ("rule_finetune_wildcards_dense-s1", "gpu", ["gres/gpu=1"]),
+        ("rule_finetune_wildcards_l1-t40-distill-s1", "gpu", ["gres/gpu=1"]),
+        ("rule_models_evaluate_quantize", "cpu", []),
+        ("rule_benchmark", "cpu", []),
+    ]), submissions
 
 
 # The control fine-tune of the tiny study, made long: 5400 steps of about 20 ms here, past its one-minute time limit
@@ -120,19 +170,26 @@ def copy_of_study(study: Path, dest: Path) -> Path:
 
 def test_a_fine_tune_past_its_time_limit_resumes_where_it_stopped(cluster, study, tmp_path):
     """Slurm stops the fine-tune at its limit (runtime: 1 minute on the first attempt) with SIGTERM; the loop saves
-    its state at the step it is on, the job ends TIMEOUT, Snakemake's retry resumes from that step and completes the
-    curve. (That a resumed run equals an uninterrupted one is test_train.py's and the preemption test's.)"""
+    its state at the step it is on, the job ends TIMEOUT, Snakemake's retry resumes from that very step and completes
+    the curve. (That a resumed run ends as an uninterrupted one, bit for bit, is asserted after a preemption below
+    and after either signal in test_train.py and test_provenance.py: a 5400-step reference run here would cost two
+    minutes more.)"""
     workdir = copy_of_study(study, tmp_path / "study")
     (workdir / "config/long_finetune.yaml").write_text(yaml.safe_dump(LONG_FINETUNE))
     # the retry gets time to finish: the resources of a retry are evaluated again, with `attempt` in scope
     profile = ci_profile(tmp_path / "profile", finetune_minutes="1 if attempt == 1 else 30", retries=1)
-    rows = run_on_slurm(workdir, profile, f"{CONTROL}/model.pt", "--configfile", "config/ci.yaml",
-                        "config/long_finetune.yaml")
-    attempts = [state for comment, _, state, _ in rows if comment.startswith("rule_finetune")]
-    assert attempts == ["TIMEOUT", "COMPLETED"], attempts
-    log = (workdir / "logs/finetune/dense-s1.log").read_text()
-    resumed_at = re.search(r"resumed from \S+ at step (\d+)", log)
-    assert resumed_at and 0 < int(resumed_at.group(1)) < LONG_STEPS, log[-2000:]  # the signal's save, not the end
+    log = workdir / "logs/finetune/dense-s1.log"
+    log.unlink()  # the local study's run of this fine-tune: only the attempts on Slurm are read
+    with AttemptLogs(log) as logs:
+        rows = run_on_slurm(workdir, profile, f"{CONTROL}/model.pt", "--configfile", "config/ci.yaml",
+                            "config/long_finetune.yaml")
+    assert states(rows, "rule_finetune") == ["TIMEOUT", "COMPLETED"], rows
+    assert len(logs.attempts) == 2, [attempt[-500:] for attempt in logs.attempts]
+    first, retry = logs.attempts
+    stopped = re.search(r"SIGTERM at step (\d+): state saved to (\S+);", first)
+    assert stopped and 0 < int(stopped.group(1)) < LONG_STEPS, first[-2000:]  # the signal's save, not the end
+    resumed = re.search(r"resumed from (\S+) at step (\d+)", retry)
+    assert resumed and resumed.groups() == stopped.groups()[::-1], (stopped.groups(), retry[-2000:])
     assert pd.read_csv(workdir / CONTROL / "curve.csv")["step"].tolist() == list(range(1, LONG_STEPS + 1))
 
 
@@ -149,18 +206,22 @@ def assert_equals_uninterrupted_run(workdir: Path, reference: Path, configs: lis
 
 
 # Preempted by `scancel --signal=TERM --full` (some sites' preemption): 700 steps with a periodic state every 200.
+CHECKPOINT_EVERY = 200
 PREEMPTED_FINETUNE = {"seeds": [1], "finetune": {"max_steps": 700, "max_epochs": 1000, "eval_every": 350,
-                                                 "checkpoint_every": 200, "early_stopping_patience": None}}
+                                                 "checkpoint_every": CHECKPOINT_EVERY,
+                                                 "early_stopping_patience": None}}
 STEP_LINE = re.compile(r"step (\d+)/700 ")
+PREEMPT_PAST = 300
 
 
-def preempt_when_past(log: Path, step: int, stop: threading.Event, seen: list[int]) -> None:
-    """Once the fine-tune has logged `step`, signal its whole job (the batch shell and srun too) with SIGTERM; the
-    last step logged before the signal goes into `seen`."""
+def logged_steps(text: str) -> list[int]:
+    return [int(m.group(1)) for m in STEP_LINE.finditer(text)]
+
+
+def preempt_when_past(log: Path, step: int, stop: threading.Event) -> None:
+    """Once the fine-tune has logged `step`, signal its whole job (the batch shell and srun too) with SIGTERM."""
     while not stop.wait(0.5):
-        steps = [int(m.group(1)) for m in STEP_LINE.finditer(log.read_text())] if log.is_file() else []
-        if steps and max(steps) >= step:
-            seen.append(max(steps))
+        if log.is_file() and max(logged_steps(log.read_text()), default=0) >= step:
             jobs = subprocess.run(["squeue", "-h", "-o", "%i %k"], capture_output=True, text=True).stdout
             for job in (line.split()[0] for line in jobs.splitlines() if "rule_finetune" in line):
                 subprocess.run(["scancel", "--signal=TERM", "--full", job], check=True)
@@ -172,24 +233,31 @@ def test_a_fine_tune_preempted_with_its_batch_shell_loses_at_most_checkpoint_eve
     at once ("forcing job termination"), mostly before the training can finish its step and save, and the job FAILS.
     What is guaranteed: Snakemake's retry resumes from the last state saved (the signal's save when it won the race,
     else the last periodic one, every `checkpoint_every` steps) and ends with the model of an uninterrupted run; at
-    most `checkpoint_every` steps of work are lost."""
+    most `checkpoint_every` steps of work are lost, counted from the last step the stopped job logged."""
     workdir = copy_of_study(study, tmp_path / "study")
     (workdir / "config/preempted.yaml").write_text(yaml.safe_dump(PREEMPTED_FINETUNE))
     configs = ["--configfile", "config/ci.yaml", "config/preempted.yaml"]
-    stop, seen = threading.Event(), []
-    preemption = threading.Thread(target=preempt_when_past,
-                                  args=(workdir / "logs/finetune/dense-s1.log", 300, stop, seen))
+    log = workdir / "logs/finetune/dense-s1.log"
+    log.unlink()  # the local study's run of this fine-tune: only the attempts on Slurm are read
+    stop = threading.Event()
+    preemption = threading.Thread(target=preempt_when_past, args=(log, PREEMPT_PAST, stop))
     preemption.start()
     try:
-        rows = run_on_slurm(workdir, ci_profile(tmp_path / "profile", retries=2), f"{CONTROL}/model.pt", *configs)
+        with AttemptLogs(log) as logs:
+            rows = run_on_slurm(workdir, ci_profile(tmp_path / "profile", retries=2), f"{CONTROL}/model.pt",
+                                *configs)
     finally:
         stop.set()
         preemption.join()
-    attempts = [state for comment, _, state, _ in rows if comment.startswith("rule_finetune")]
-    assert attempts == ["FAILED", "COMPLETED"], attempts
-    log = (workdir / "logs/finetune/dense-s1.log").read_text()
-    resumed_at = re.search(r"resumed from \S+ at step (\d+)", log)
-    assert resumed_at, log[-2000:]
-    last_periodic_state = seen[0] - seen[0] % 200
-    assert int(resumed_at.group(1)) >= last_periodic_state >= 200, (seen, log[-2000:])
+    assert states(rows, "rule_finetune") == ["FAILED", "COMPLETED"], rows
+    assert len(logs.attempts) == 2, [attempt[-500:] for attempt in logs.attempts]
+    first, retry = logs.attempts
+    last_logged = max(logged_steps(first), default=0)  # the stopped job's own last step line (every log_every)
+    resumed_at = re.search(r"resumed from \S+ at step (\d+)", retry)
+    assert last_logged >= PREEMPT_PAST and resumed_at, (last_logged, retry[-2000:])
+    resumed_at = int(resumed_at.group(1))
+    # no further than the job got (a signal's save is at most the steps between two log lines past the last one)...
+    assert resumed_at <= last_logged + TrainConfig().log_every, (resumed_at, last_logged, first[-2000:])
+    # ...and no further back than the last periodic state before it: at most checkpoint_every steps lost
+    assert resumed_at >= last_logged - last_logged % CHECKPOINT_EVERY, (resumed_at, last_logged, first[-2000:])
     assert_equals_uninterrupted_run(workdir, tmp_path / "reference", configs)
