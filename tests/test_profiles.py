@@ -55,7 +55,7 @@ def test_the_cpu_jobs_go_out_in_three_groups_and_the_training_jobs_alone():
     for rule, group in PROFILE["groups"].items():
         groups.setdefault(group, set()).add(rule)
     assert groups == {"corpus": {"prepare_corpus", "train_tokenizer", "tokenize"},
-                      "pruning": {"analyze", "score_importance", "prune"}, "models": {"evaluate", "quantize"}}
+                      "pruning": {"analyze", "score_importance", "prune"}, "models": {"evaluate", "quantize", "export"}}
     assert not (TRAINING | {"benchmark"} | local_rules()) & set(PROFILE["groups"])  # one submission each, or local
     assert set(PROFILE["group-components"]) == {"pruning", "models"}  # every connected piece in one job
 
