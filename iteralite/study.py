@@ -150,14 +150,22 @@ def _named_models(config: dict, key: str, item: str) -> list[str]:
     return [f"{stage}/{n}" for n in names]
 
 
+def is_control(model: str) -> bool:
+    """A model that exists to be compared with: pruned by random importance, or the dense fine-tune."""
+    recipe = naming.describe(model)
+    return recipe["criterion"] == "random" or (recipe["stage"] == "finetuned" and recipe["criterion"] == "dense")
+
+
 def exported_models(config: dict) -> list[str]:
     """'stage/variant' of every model the export rule writes to ONNX. By default (export.models null): one seed of
-    each family that gets an INT4 copy, and that copy: the seeds of a family share one architecture, so their
+    each family that gets an INT4 copy, and that copy, the controls left out (random importance, the dense
+    fine-tune), which exist to be compared, not shipped; the seeds of a family share one architecture, so their
     deployed speed and memory are the same, and exporting every seed would only repeat them (docs/deploy.md)."""
     items = config["export"]["models"]
     if items is None:
         first = config["seeds"][0]
-        sources = [m for m in quantized_sources(config) if naming.describe(m)["seed"] in (None, first)]
+        sources = [m for m in quantized_sources(config) if naming.describe(m)["seed"] in (None, first)
+                   and not is_control(m)]
         return sources + [f"int4-{m}" for m in sources]
     quantized = {f"int4-{s}" for s in quantized_sources(config)}
     models = []
