@@ -45,8 +45,8 @@ def test_a_moved_study_reruns_nothing_and_a_change_there_reruns_what_it_reruns_h
     assert dry_run(moved) == set()
     (tmp_path / "change.yaml").write_text(ONE_KEY)
     here = dry_run(study, tmp_path / "change.yaml")
-    assert {rule for rule, _ in here} == {"finetune", "quantize", "evaluate", "export", "benchmark", "summary", "report",
-                                          "all"}
+    rules = {"finetune", "quantize", "evaluate", "export", "benchmark", "summary", "report", "all"}
+    assert {rule for rule, _ in here} == rules
     assert dry_run(moved, tmp_path / "change.yaml") == here  # the same jobs, output for output
 
 
