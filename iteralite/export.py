@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 TORCH_INT4_PATH = "unpacked"  # the torch INT4 model compared with: as evaluation, dequantized once, float32 matmuls
 PERPLEXITY_TOLERANCE = 1e-3  # relative: ONNX Runtime's test perplexity within 0.1% of torch's
-# MatMulNBits' accuracy_level per graph: 0 computes in float32 (the torch INT4 model's values, to 1e-6); 4 quantizes
-# the activations to int8, which runs the step graph's head about 2x faster but moves the logits by ~1e-2, ten times
-# the verification's tolerance (docs/deploy.md has both measurements and their command)
+# MatMulNBits' accuracy_level per graph: 0 computes in float32 (the torch INT4 model's values); 4 quantizes the
+# activations to int8, a little faster per step but far outside the verification's tolerance (docs/deploy.md has
+# both measurements and their command, tools/accuracy_level.py)
 ACCURACY_LEVEL = {"sequence": 0, "step": 0}
 
 
