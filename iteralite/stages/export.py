@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from .. import export as onnx_export
+from .. import serve
 from ..artifacts import write_bytes, write_json
 from ..data import load_tokens
 
@@ -20,10 +21,10 @@ def export(model_id: str, model_path: str, tokens_path: str, tokenizer_path: str
     torch.set_num_threads(1)  # the verification's figures do not depend on the job's threads
     files, manifest = onnx_export.export(model_id, model_path, tokens["test"], tokenizer_sha256, settings)
     tokenizer = Path(tokenizer_path).read_bytes()
-    if onnx_export.serve.sha256_bytes(tokenizer) != tokenizer_sha256:
+    if serve.sha256_bytes(tokenizer) != tokenizer_sha256:
         raise onnx_export.ExportError(f"{tokenizer_path} is not the tokenizer {tokens_path} was encoded with")
-    write_bytes(out["sequence"], files[onnx_export.serve.GRAPH_FILES["sequence"]])
-    write_bytes(out["step"], files[onnx_export.serve.GRAPH_FILES["step"]])
+    write_bytes(out["sequence"], files[serve.GRAPH_FILES["sequence"]])
+    write_bytes(out["step"], files[serve.GRAPH_FILES["step"]])
     write_bytes(out["tokenizer"], tokenizer)
     write_json(out["manifest"], manifest)
 
