@@ -47,10 +47,15 @@ class RecordingProxy:
                 continue
             conn.settimeout(1)
             try:
-                target = conn.recv(4096).split(b"\r\n")[0].split(b" ")[1].decode()
-                self.hosts.append(urlsplit(target if "//" in target else f"//{target}").hostname)
-            except (OSError, IndexError):
-                self.hosts.append("?")
+                line = conn.recv(4096).split(b"\r\n")[0]
+            except OSError:  # a connection opened ahead (preconnect) that sent no request within the timeout
+                line = b""
+            if line:
+                try:
+                    target = line.split(b" ")[1].decode()
+                    self.hosts.append(urlsplit(target if "//" in target else f"//{target}").hostname)
+                except (IndexError, UnicodeDecodeError):  # a request the proxy cannot read still counts
+                    self.hosts.append("?")
             conn.close()
 
     def close(self):
