@@ -6,34 +6,52 @@ import re
 
 import pandas as pd
 
-from .model import IteraLite
 from .pruning.groups import build_groups
 
-# (pattern on the state-dict name, component); the first match wins.
+# (pattern on the state-dict name, component, the original plan's category); the first match wins. Names of both
+# architectures: the project's (tok_emb, norm_f, moe.router) and the reference's (embedding, norm, moe.layer.router,
+# moe.ffn).
 COMPONENTS = [
-    (r"tok_emb\.", "token embedding (tied LM head)"),
-    (r"pos_emb\.", "position embedding"),
-    (r"ssm\.in_proj\.", "ssm.in_proj"),
-    (r"ssm\.conv1d\.", "ssm.conv1d"),
-    (r"ssm\.(A_log|B|C|D)$", "ssm.state (A_log, B, C, D)"),
-    (r"ssm\.delta_proj\.", "ssm.delta_proj"),
-    (r"ssm\.out_proj\.", "ssm.out_proj"),
-    (r"ssm\.(norm|inner_norm)\.", "ssm.norms"),
-    (r"moe\.router\.", "moe.router"),
-    (r"moe\.experts\.", "moe.experts"),
-    (r"moe\.norm\.", "moe.norm"),
-    (r"norm_f\.", "final norm"),
+    (r"^(tok_emb|embedding)\.", "token embedding (tied LM head)", "embeddings"),
+    (r"^(pos_emb|position_embedding)\.", "position embedding", "position embeddings"),
+    (r"ssm\.in_proj\.", "ssm.in_proj", "SSM blocks"),
+    (r"ssm\.conv1d\.", "ssm.conv1d", "SSM blocks"),
+    (r"ssm\.(A_log|B|C|D)$", "ssm.state (A_log, B, C, D)", "SSM blocks"),
+    (r"ssm\.delta_proj\.", "ssm.delta_proj", "SSM blocks"),
+    (r"ssm\.out_proj\.", "ssm.out_proj", "SSM blocks"),
+    (r"ssm\.(norm|inner_norm)\.", "ssm.norms", "norms"),
+    (r"moe\.(layer\.)?router\.", "moe.router", "MoE and feed-forward blocks"),
+    (r"moe\.(layer\.)?experts\.", "moe.experts", "MoE and feed-forward blocks"),
+    (r"moe\.ffn\.", "feed-forward (moe.ffn)", "MoE and feed-forward blocks"),
+    (r"moe\.(layer\.)?norm\.", "moe.norm", "norms"),
+    (r"^(norm_f|norm)\.", "final norm", "norms"),
 ]
+PLAN_CATEGORIES = ["embeddings", "position embeddings", "SSM blocks", "MoE and feed-forward blocks", "norms"]
 
 
 def component_of(name: str) -> str:
-    for pattern, component in COMPONENTS:
-        if re.search(pattern, name):
-            return component
+    return _match(name)[1]
+
+
+def _match(name: str) -> tuple[str, str, str]:
+    for entry in COMPONENTS:
+        if re.search(entry[0], name):
+            return entry
     raise KeyError(f"parameter {name} matches no component")
 
 
-def parameter_table(model: IteraLite) -> pd.DataFrame:
+def plan_breakdown(model) -> list[dict]:
+    """The parameters in the original plan's categories (its "Parameter Distribution Analysis" table), with the LM
+    head, tied to the token table, at 0."""
+    counts = dict.fromkeys(PLAN_CATEGORIES, 0)
+    for name, p in model.named_parameters():
+        counts[_match(name)[2]] += p.numel()
+    total = sum(counts.values())
+    rows = [{"category": c, "params": n, "percent": 100 * n / total} for c, n in counts.items()]
+    return rows + [{"category": "LM head (tied)", "params": 0, "percent": 0.0}]
+
+
+def parameter_table(model) -> pd.DataFrame:
     """One row per (component, layer): params and percent of the model's unique parameters."""
     rows = []
     for name, p in model.named_parameters():
@@ -50,7 +68,7 @@ def component_totals(table: pd.DataFrame) -> pd.DataFrame:
     return totals.sort_values("params", ascending=False, ignore_index=True)
 
 
-def group_table(model: IteraLite) -> pd.DataFrame:
+def group_table(model) -> pd.DataFrame:
     """The prunable groups: kind, name, layer, expert, channels, tensors they touch."""
     return pd.DataFrame(
         [
@@ -64,12 +82,13 @@ def group_table(model: IteraLite) -> pd.DataFrame:
     )
 
 
-def analyze(model: IteraLite) -> dict:
+def analyze(model) -> dict:
     table = parameter_table(model)
     return {
         "total_params": int(table["params"].sum()),
         "config": model.cfg.to_dict(),
         "by_component": component_totals(table).to_dict(orient="records"),
+        "plan_breakdown": plan_breakdown(model),
         "by_component_and_layer": table.to_dict(orient="records"),
         "groups": group_table(model).to_dict(orient="records"),
     }

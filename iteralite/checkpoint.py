@@ -1,4 +1,5 @@
-"""IteraLite checkpoints: the config that rebuilds the model, its weights and the tokenizer fingerprint.
+"""IteraLite checkpoints (either architecture): the config that rebuilds the model, its weights and the tokenizer
+fingerprint.
 
 A pruned model is an ordinary checkpoint (its config records the kept sizes), so it loads without the pruning code.
 """
@@ -7,13 +8,13 @@ from __future__ import annotations
 
 import torch
 
+from .architectures import build_model, config_from_dict
 from .artifacts import CheckpointError, load_torch, save_torch
-from .model import IteraLite, IteraLiteConfig
 
 CHECKPOINT_FORMAT = "iteralite-checkpoint-v1"
 
 
-def save_checkpoint(path, model: IteraLite, tokenizer_sha256: str, meta: dict | None = None) -> None:
+def save_checkpoint(path, model, tokenizer_sha256: str, meta: dict | None = None) -> None:
     """An IteraLite checkpoint: its config (enough to rebuild it), weights and the tokenizer fingerprint."""
     save_torch(
         path,
@@ -27,16 +28,16 @@ def save_checkpoint(path, model: IteraLite, tokenizer_sha256: str, meta: dict | 
     )
 
 
-def load_checkpoint(path, device="cpu", blob: dict | None = None) -> tuple[IteraLite, dict]:
+def load_checkpoint(path, device="cpu", blob: dict | None = None) -> tuple:
     """Rebuild the model a checkpoint describes (from `blob` when the file was already loaded); returns (model, the
     checkpoint's other fields)."""
     blob = load_torch(path, "checkpoint") if blob is None else blob
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path} is not an IteraLite checkpoint (format {CHECKPOINT_FORMAT} expected)")
     try:
-        cfg = IteraLiteConfig.from_dict(blob["config"])
+        cfg = config_from_dict(blob["config"])
         with torch.device("meta"):  # no storage: sizes claimed by the file allocate nothing before they are checked
-            model = IteraLite(cfg)
+            model = build_model(cfg)
         model.load_state_dict(blob["state_dict"], assign=True)
     except (ValueError, RuntimeError, TypeError, KeyError) as err:
         raise CheckpointError(f"checkpoint {path} does not match its model config: {err}") from None

@@ -121,7 +121,7 @@ def export(model_id: str, model_path: str, test_tokens: torch.Tensor, tokenizer_
     Raises ExportError before the caller has anything to write when the verification fails."""
     started = time.perf_counter()
     model = quant.load_model(model_path, TORCH_INT4_PATH)
-    int4 = isinstance(model, quant.QuantizedIteraLite)
+    int4 = isinstance(model, quant.Int4Head)
     metadata = {"iteralite.model": model_id, "iteralite.tokenizer_sha256": tokenizer_sha256}
     graphs = build_graphs(model, metadata)
     files = {serve.GRAPH_FILES[graph]: proto.SerializeToString() for graph, (proto, _) in graphs.items()}

@@ -126,45 +126,58 @@ class MoEBlock(nn.Module):
         top_logits, chosen = logits.topk(self.top_k, dim=-1)
         return F.softmax(top_logits, dim=-1), chosen, F.softmax(logits, dim=-1)
 
+    @property
+    def gate(self) -> nn.Linear:  # the Linear whose output rows are the experts' router logits
+        return self.router
+
     def forward(self, u):  # (b, l, d) -> (b, l, d), load-balancing loss (scalar)
         x = self.norm(u).reshape(-1, u.shape[-1])
         gates, chosen, probs = self.route(x)
-        dense = x.device.type in DENSE_DISPATCH_DEVICES and self.routing_stats is None
-        out = self._dense_mix(x, gates, chosen) if dense else self._gathered_mix(x, gates, chosen)
+        out = mix_experts(self.experts, x, gates, chosen, self.routing_stats)
         # Switch-style balance: e * sum_e (fraction of routed slots to e) * (mean router probability of e)
         n_experts = len(self.experts)
         routed = F.one_hot(chosen, n_experts).float().sum(dim=(0, 1)) / chosen.numel()
         balance = n_experts * (routed * probs.float().mean(0)).sum()
         return u + out.view_as(u), balance
 
-    def _gathered_mix(self, x, gates, chosen):  # (t, d), (t, k), (t, k) -> (t, d)
-        """Each expert on the tokens routed to it: the fewest FLOPs, but `nonzero` syncs with the host and the
-        shapes change every step."""
-        out = torch.zeros_like(x)
-        for e, expert in enumerate(self.experts):
-            token, slot = (chosen == e).nonzero(as_tuple=True)
-            if token.numel() == 0:
-                continue
-            weighted = gates[token, slot, None] * expert(x[token])
-            out.index_add_(0, token, weighted.to(out.dtype))
-            if self.routing_stats is not None:
-                norm = weighted.detach().float().norm(dim=-1).sum().item()
-                self.routing_stats[e] = self.routing_stats.get(e, 0.0) + norm
-        return out
 
-    def _dense_mix(self, x, gates, chosen):  # (t, d), (t, k), (t, k) -> (t, d)
-        """Every expert on every token, weighted by the gates scattered into a (t, e) matrix that is zero where an
-        expert was not chosen: e / k times the expert FLOPs, but static shapes and no host sync. Adds in the same
-        expert order as the gathered mix; an expert not chosen adds an exact zero."""
-        weights = torch.zeros(x.shape[0], len(self.experts), dtype=gates.dtype, device=x.device)
-        weights.scatter_(1, chosen, gates)
-        out = torch.zeros_like(x)
-        for e, expert in enumerate(self.experts):
-            out = out + (weights[:, e, None] * expert(x)).to(out.dtype)
-        return out
+def mix_experts(experts, x, gates, chosen, routing_stats: dict | None = None):  # (t, d), (t, k), (t, k) -> (t, d)
+    """The experts' outputs on the tokens routed to them, weighted by their gates: gathered, or dense on the devices
+    where that pays (DENSE_DISPATCH_DEVICES); routing statistics (importance scores) always take the gathered mix."""
+    if x.device.type in DENSE_DISPATCH_DEVICES and routing_stats is None:
+        return _dense_mix(experts, x, gates, chosen)
+    return _gathered_mix(experts, x, gates, chosen, routing_stats)
 
 
-# Where every expert runs on every token (MoEBlock._dense_mix). On a GPU the gathered mix is bound by its host syncs
+def _gathered_mix(experts, x, gates, chosen, routing_stats):
+    """Each expert on the tokens routed to it: the fewest FLOPs, but `nonzero` syncs with the host and the shapes
+    change every step. Collects each expert's routing-weighted output norm into `routing_stats` when given."""
+    out = torch.zeros_like(x)
+    for e, expert in enumerate(experts):
+        token, slot = (chosen == e).nonzero(as_tuple=True)
+        if token.numel() == 0:
+            continue
+        weighted = gates[token, slot, None] * expert(x[token])
+        out.index_add_(0, token, weighted.to(out.dtype))
+        if routing_stats is not None:
+            norm = weighted.detach().float().norm(dim=-1).sum().item()
+            routing_stats[e] = routing_stats.get(e, 0.0) + norm
+    return out
+
+
+def _dense_mix(experts, x, gates, chosen):
+    """Every expert on every token, weighted by the gates scattered into a (t, e) matrix that is zero where an
+    expert was not chosen: e / k times the expert FLOPs, but static shapes and no host sync. Adds in the same
+    expert order as the gathered mix; an expert not chosen adds an exact zero."""
+    weights = torch.zeros(x.shape[0], len(experts), dtype=gates.dtype, device=x.device)
+    weights.scatter_(1, chosen, gates)
+    out = torch.zeros_like(x)
+    for e, expert in enumerate(experts):
+        out = out + (weights[:, e, None] * expert(x)).to(out.dtype)
+    return out
+
+
+# Where every expert runs on every token (_dense_mix). On a GPU the gathered mix is bound by its host syncs
 # and launches, and its changing shapes rule out CUDA graphs; on CPU the two cost the same per training step
 # (`make bench-train` prints both), and the gathered mix does fewer FLOPs. Routing statistics (importance scores)
 # always take the gathered mix.
@@ -177,7 +190,25 @@ def _embedding(rows: int, dim: int) -> nn.Embedding:
     return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
 
 
-class IteraLite(nn.Module):
+class StepGeneration:
+    """Sampling in step mode, for any model with `cfg.max_seq`, `empty_cache` and `step` (both architectures)."""
+
+    @torch.no_grad()
+    def generate(self, prompt, max_new_tokens: int, temperature: float = 1.0, generator=None):
+        """Sample after a prompt (b, l) in step mode; returns (b, l + new) ids, never past max_seq positions."""
+        cache = self.empty_cache(prompt.shape[0], prompt.device)
+        tokens = list(prompt.unbind(1))
+        end = min(len(tokens) + max_new_tokens, self.cfg.max_seq)
+        for position, token in enumerate(tokens[:-1]):
+            _, cache = self.step(token, position, cache)
+        while len(tokens) < end:
+            logits, cache = self.step(tokens[-1], len(tokens) - 1, cache)
+            probs = F.softmax(logits / max(temperature, 1e-6), dim=-1)
+            tokens.append(torch.multinomial(probs, 1, generator=generator).squeeze(1))
+        return torch.stack(tokens, dim=1)
+
+
+class IteraLite(StepGeneration, nn.Module):
     def __init__(self, cfg: IteraLiteConfig):
         super().__init__()
         self.cfg = cfg
@@ -201,6 +232,14 @@ class IteraLite(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    @property
+    def token_embedding(self) -> nn.Module:  # the table the LM head is tied to
+        return self.tok_emb
+
+    def routed_blocks(self) -> dict[int, MoEBlock]:
+        """Layer -> its block that routes among experts."""
+        return {i: layer["moe"] for i, layer in enumerate(self.layers) if "moe" in layer}
 
     def head(self, hidden):  # tied LM head: (..., d) -> (..., v)
         return hidden @ self.tok_emb.weight.t()
@@ -238,20 +277,6 @@ class IteraLite(nn.Module):
                 u = layer["moe"](u.unsqueeze(1))[0].squeeze(1)
             new_cache.append(state)
         return self.head(self.norm_f(u)), new_cache
-
-    @torch.no_grad()
-    def generate(self, prompt, max_new_tokens: int, temperature: float = 1.0, generator=None):
-        """Sample after a prompt (b, l) in step mode; returns (b, l + new) ids, never past max_seq positions."""
-        cache = self.empty_cache(prompt.shape[0], prompt.device)
-        tokens = list(prompt.unbind(1))
-        end = min(len(tokens) + max_new_tokens, self.cfg.max_seq)
-        for position, token in enumerate(tokens[:-1]):
-            _, cache = self.step(token, position, cache)
-        while len(tokens) < end:
-            logits, cache = self.step(tokens[-1], len(tokens) - 1, cache)
-            probs = F.softmax(logits / max(temperature, 1e-6), dim=-1)
-            tokens.append(torch.multinomial(probs, 1, generator=generator).squeeze(1))
-        return torch.stack(tokens, dim=1)
 
 
 def count_parameters(model: nn.Module) -> int:

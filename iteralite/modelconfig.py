@@ -7,10 +7,13 @@ job that only needs names and sizes. The model itself is in model.py; its glossa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 
 @dataclass
 class IteraLiteConfig:
+    architecture: ClassVar[str] = "project"
+
     vocab_size: int = 8000
     d_model: int = 128
     n_layers: int = 4
@@ -66,11 +69,16 @@ class IteraLiteConfig:
         """top_k never exceeds the experts a layer has left."""
         return min(self.top_k, self.experts_in(layer))
 
+    def is_routed(self, layer: int) -> bool:
+        """Whether the layer's second block routes among experts (always, where it has one)."""
+        return self.has_moe(layer)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"architecture": self.architecture, **asdict(self)}
 
     @classmethod
     def from_dict(cls, values: dict) -> IteraLiteConfig:
+        values = {k: v for k, v in values.items() if k != "architecture"}
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(values) - known
         if unknown:

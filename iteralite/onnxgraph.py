@@ -17,7 +17,7 @@ the state it returned. i runs over the layers that have an SSM block; the state 
 - the causal depthwise conv with its SiLU is one `com.microsoft.CausalConvWithState` node, which also returns the
   last k-1 inputs (the conv state);
 - the MoE block runs every expert on every token, weighted by the top-k gates scattered into a (b, l, e) matrix
-  (model.MoEBlock._dense_mix): static shapes, the experts' w1 stacked and their w2 joined into two matmuls;
+  (model._dense_mix): static shapes, the experts' w1 stacked and their w2 joined into two matmuls;
 - an INT4 model keeps its 4-bit weights: every Linear and the tied LM head are `com.microsoft.MatMulNBits`, the
   embeddings `com.microsoft.GatherBlockQuantized`, on the project's own nibbles, scales and zero points
   (quant.py's layout, w = (q - zero_point) * scale). The tied table's nibbles are one initializer that the head
@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .architectures import ModelConfig
 from .modelconfig import IteraLiteConfig
 
 OPSET = 23  # RMSNormalization (23); ONNX Runtime 1.31 runs it
@@ -91,19 +92,20 @@ def concatenated(weights: list[Weight], axis: int) -> Weight:
 Weight = np.ndarray | Int4Weight  # a float32 array or a 4-bit one
 
 
-def ssm_layers(cfg: IteraLiteConfig) -> list[int]:
+def ssm_layers(cfg: ModelConfig) -> list[int]:
     """The layers that carry recurrent state (those with an SSM block)."""
     return [i for i in range(cfg.n_layers) if cfg.has_ssm(i)]
 
 
-def interface(cfg: IteraLiteConfig) -> dict:
+def interface(cfg: ModelConfig) -> dict:
     """Names and shapes of both graphs' inputs and outputs ('b' and 'l' are dynamic)."""
     k, n = cfg.d_conv - 1, cfg.d_state
     past, present = {}, {}
     for i in ssm_layers(cfg):
         di = cfg.layer_d_inner[i]
-        past |= {f"past_conv.{i}": ["b", di, k], f"past_ssm.{i}": ["b", di, n]}
-        present |= {f"present_conv.{i}": ["b", di, k], f"present_ssm.{i}": ["b", di, n]}
+        scan_state = [n] if cfg.architecture == "reference" else [di, n]  # shared by the channels, or per channel
+        past |= {f"past_conv.{i}": ["b", di, k], f"past_ssm.{i}": ["b", *scan_state]}
+        present |= {f"present_conv.{i}": ["b", di, k], f"present_ssm.{i}": ["b", *scan_state]}
     v = cfg.vocab_size
     return {
         "sequence": {"inputs": {"ids": ["b", "l"]}, "outputs": {"logits": ["b", "l", v], **present}},
@@ -119,7 +121,10 @@ def _packed_pairs(values: np.ndarray) -> np.ndarray:
 
 
 class GraphBuilder:
-    """Nodes and initializers of one graph; every method returns the name of the value it made."""
+    """Nodes and initializers of one graph of the project's architecture; every method returns the name of the value
+    it made. The reference architecture's builder (iteralite/reference/onnx.py) shares all but its blocks."""
+
+    TOKEN_TABLE, POSITION_TABLE = "tok_emb", "pos_emb"  # the embeddings' state-dict names
 
     def __init__(self, tensors: dict[str, Weight], graph: str, accuracy_level: int):
         self.tensors, self.graph = tensors, graph
@@ -207,13 +212,13 @@ class GraphBuilder:
 
     def head(self, hidden: str) -> str:
         """The tied LM head: hidden (..., d) -> logits (..., v)."""
-        weight = self.tensors["tok_emb.weight"]
+        weight = self.tensors[f"{self.TOKEN_TABLE}.weight"]
         if isinstance(weight, Int4Weight) and weight.kernel_fits:
-            return self.matmul_nbits(hidden, "tok_emb", weight)
+            return self.matmul_nbits(hidden, self.TOKEN_TABLE, weight)
         table = weight.dequantize() if isinstance(weight, Int4Weight) else np.asarray(weight, np.float32)
         # Gemm with transB reads the (v, d) table the gather reads: one copy of the tied table
         flat = self.op("Reshape", hidden, self.ints("rows_by_width", [-1, table.shape[1]]))
-        logits = self.op("Gemm", flat, self.const("tok_emb.weight", table), transB=1)
+        logits = self.op("Gemm", flat, self.const(f"{self.TOKEN_TABLE}.weight", table), transB=1)
         lead = self.op("Slice", self.op("Shape", hidden), self.ints("zero", [0]), self.ints("minus_one", [-1]))
         shape = self.op("Concat", lead, self.ints("vocab", [table.shape[0]]), axis=0)
         return self.op("Reshape", logits, shape)
@@ -228,17 +233,23 @@ class GraphBuilder:
                                       self.const("one_f", np.float32(1))))
         return self.op("Add", self.op("Relu", x), tail)
 
+    def causal_conv(self, x: str, name: str, conv_state: str, present_name: str) -> str:
+        """SiLU of the causal depthwise conv `name` on (b, l, di), from the conv state ('' = zeros); writes the
+        last k-1 inputs to `present_name` (b, di, k-1)."""
+        past_conv = self.op("Transpose", conv_state, perm=[0, 2, 1]) if conv_state else ""  # (b, k-1, di)
+        x, present_conv = self.op("CausalConvWithState", x, self.const(f"{name}.weight", self.array(
+            f"{name}.weight")), self.const(f"{name}.bias", self.array(f"{name}.bias")), past_conv,
+            outputs=2, domain="com.microsoft", activation="silu", channels_last=1, ndim=1)
+        self.op("Transpose", present_conv, perm=[0, 2, 1], outputs=[present_name])
+        return x
+
     def ssm_block(self, u: str, i: int, cfg: IteraLiteConfig, conv_state: str, ssm_state: str, outputs: list[str]):
         """model.SSMBlock on (b, l, d) (l = 1 in the step graph), from the given states ('' = zeros); writes the new
         states to `outputs` (conv, ssm) and returns the block's output."""
         p, di, n = f"layers.{i}.ssm", cfg.layer_d_inner[i], cfg.d_state
         x, z = self.op("Split", self.linear(self.rms_norm(u, f"{p}.norm", cfg.norm_ref_d_model), f"{p}.in_proj"),
                        self.ints(f"{p}.split", [di, di]), outputs=2, axis=-1)
-        past_conv = self.op("Transpose", conv_state, perm=[0, 2, 1]) if conv_state else ""  # (b, k-1, di)
-        x, present_conv = self.op("CausalConvWithState", x, self.const(f"{p}.conv1d.weight", self.array(
-            f"{p}.conv1d.weight")), self.const(f"{p}.conv1d.bias", self.array(f"{p}.conv1d.bias")), past_conv,
-            outputs=2, domain="com.microsoft", activation="silu", channels_last=1, ndim=1)
-        self.op("Transpose", present_conv, perm=[0, 2, 1], outputs=[outputs[0]])
+        x = self.causal_conv(x, f"{p}.conv1d", conv_state, outputs[0])
         delta = self.softplus(self.linear(x, f"{p}.delta_proj", bias=True))  # (b, l, di)
         lead = self.op("Slice", self.op("Shape", x), self.ints("zero", [0]), self.ints("two", [2]))
         per_state = self.op("Concat", lead, self.ints(f"{p}.di_n", [di * n]), axis=0)  # (b, l, di * n)
@@ -263,24 +274,29 @@ class GraphBuilder:
         channels weighted by its gate in between (sum_e g_e w2_e(h_e) = w2(g h)), and the w2 biases as gates @ b2;
         a graph of a few nodes per block instead of six per expert, where at one token a node costs its dispatch."""
         p = f"layers.{i}.moe"
-        experts = [f"{p}.experts.{e}" for e in range(cfg.experts_in(i))]
         x = self.rms_norm(u, f"{p}.norm", cfg.norm_ref_d_model)
-        logits = self.linear(x, f"{p}.router")  # (..., e)
-        top, chosen = self.op("TopK", logits, self.ints(f"{p}.top_k", [cfg.top_k_in(i)]), outputs=2, axis=-1)
+        return self.op("Add", u, self.mixture(x, p, self.linear(x, f"{p}.router"), cfg.top_k_in(i),
+                                              cfg.layer_expert_hidden[i], biases=True))
+
+    def mixture(self, x: str, p: str, logits: str, top_k: int, sizes: list[int], biases: bool) -> str:
+        """The experts `p`.experts.{e} on x, weighted by the softmax of the top-k router `logits` (..., e), as
+        moe_block describes; `biases`: whether the experts' Linears have them."""
+        experts = [f"{p}.experts.{e}" for e in range(len(sizes))]
+        top, chosen = self.op("TopK", logits, self.ints(f"{p}.top_k", [top_k]), outputs=2, axis=-1)
         zeros = self.op("ConstantOfShape", self.op("Shape", logits),
                         value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
         gates = self.op("ScatterElements", zeros, chosen, self.op("Softmax", top, axis=-1), axis=-1)  # (..., e)
         w1 = concatenated([self.tensors[f"{e}.w1.weight"] for e in experts], axis=0)
-        b1 = np.concatenate([self.array(f"{e}.w1.bias") for e in experts])
+        b1 = np.concatenate([self.array(f"{e}.w1.bias") for e in experts]) if biases else None
         hidden = self.op("Gelu", self.matmul(x, f"{p}.experts.w1", w1, b1), approximate="none")  # (..., sum h)
-        sizes = cfg.layer_expert_hidden[i]
         spread = np.repeat(np.eye(len(sizes), dtype=np.float32), sizes, axis=1)  # (e, sum h): gate -> its channels
         weighted = self.op("Mul", hidden, self.op("MatMul", gates, self.const(f"{p}.gate_spread", spread)))
         w2 = concatenated([self.tensors[f"{e}.w2.weight"] for e in experts], axis=1)
         out = self.matmul(weighted, f"{p}.experts.w2", w2)
+        if not biases:
+            return out
         b2 = np.stack([self.array(f"{e}.w2.bias") for e in experts])  # (e, d)
-        out = self.op("Add", out, self.op("MatMul", gates, self.const(f"{p}.experts.b2", b2)))
-        return self.op("Add", u, out)
+        return self.op("Add", out, self.op("MatMul", gates, self.const(f"{p}.experts.b2", b2)))
 
     def body(self, u: str, cfg: IteraLiteConfig, states: dict[int, tuple[str, str]]) -> str:
         """Every layer, then the final norm and the head: logits. `states` maps a layer to its past states."""
@@ -304,11 +320,15 @@ def _value_infos(spec: dict[str, list], dtypes: dict[str, int]) -> list:
             for name, shape in spec.items()]
 
 
-def build(tensors: dict[str, Weight], cfg: IteraLiteConfig, graph: str, accuracy_level: int,
+def build(tensors: dict[str, Weight], cfg: ModelConfig, graph: str, accuracy_level: int,
           metadata: dict[str, str]) -> tuple[onnx.ModelProto, list[str]]:
     """The `graph` ('sequence' or 'step') of the model with these tensors (torch state_dict names; a 4-bit weight
     as Int4Weight); returns the model and the 4-bit layers that run as float32 MatMuls."""
-    builder = GraphBuilder(tensors, graph, accuracy_level)
+    if cfg.architecture == "reference":
+        from .reference.onnx import ReferenceGraphBuilder as builder_class
+    else:
+        builder_class = GraphBuilder
+    builder = builder_class(tensors, graph, accuracy_level)
     if graph == "sequence":
         positions = builder.op("Range", builder.ints("zero_scalar", 0), builder.op(
             "Squeeze", builder.op("Slice", builder.op("Shape", "ids"), builder.ints("one", [1]),
@@ -317,7 +337,8 @@ def build(tensors: dict[str, Weight], cfg: IteraLiteConfig, graph: str, accuracy
     else:
         positions = "position"
         states = {i: (f"past_conv.{i}", f"past_ssm.{i}") for i in ssm_layers(cfg)}
-    u = builder.op("Add", builder.embedding("ids", "tok_emb"), builder.embedding(positions, "pos_emb"))
+    u = builder.op("Add", builder.embedding("ids", builder.TOKEN_TABLE), builder.embedding(positions,
+                                                                                      builder.POSITION_TABLE))
     if graph == "step":
         u = builder.op("Unsqueeze", u, builder.ints("one", [1]))  # (b, 1, d): the sequence graph's blocks at l = 1
     logits = builder.body(u, cfg, states)

@@ -33,9 +33,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .architectures import config_from_dict
 from .artifacts import CheckpointError, load_torch, save_torch
 from .checkpoint import load_checkpoint
-from .model import IteraLite, IteraLiteConfig, count_parameters
+from .model import IteraLite, count_parameters
+from .reference.model import ReferenceIteraLite
 
 INT4_FORMAT = "iteralite-int4-v3"  # v3: integer zero points (v2: float zeros); the rest in float16
 KERNEL_GROUP_SIZES = (32, 64, 128, 256)
@@ -170,9 +172,22 @@ class Int4Embedding(Int4Linear):
         return super().forward(hidden)
 
 
-class QuantizedIteraLite(IteraLite):
+class Int4Head:
+    """An INT4 model's LM head: through its 4-bit token table (Int4Embedding.head)."""
+
     def head(self, hidden):
-        return self.tok_emb.head(hidden)
+        return self.token_embedding.head(hidden)
+
+
+class QuantizedIteraLite(Int4Head, IteraLite):
+    """The project's architecture with INT4 weights."""
+
+
+class QuantizedReferenceIteraLite(Int4Head, ReferenceIteraLite):
+    """The reference architecture with INT4 weights."""
+
+
+QUANTIZED_MODELS = {"project": QuantizedIteraLite, "reference": QuantizedReferenceIteraLite}
 
 
 def is_quantized(name: str, tensor: torch.Tensor, keep: list[str]) -> bool:
@@ -181,7 +196,7 @@ def is_quantized(name: str, tensor: torch.Tensor, keep: list[str]) -> bool:
     return not any(k in name for k in keep)
 
 
-def quantize_model(model: IteraLite, group_size: int, keep: list[str], tokenizer_sha256: str) -> tuple[dict, dict]:
+def quantize_model(model, group_size: int, keep: list[str], tokenizer_sha256: str) -> tuple[dict, dict]:
     """(file content, stats); stats hold bits per parameter and reconstruction errors.
 
     The file concatenates all nibbles, all scales, all zero points and all 16-bit tensors into four flat tensors with an
@@ -307,7 +322,7 @@ def matmul_seconds(tokens: int = 128, n: int = 8000, k: int = 128, group_size: i
     return int4, fp32
 
 
-def load_quantized(path, device="cpu", path_mode: str = "auto", blob: dict | None = None) -> QuantizedIteraLite:
+def load_quantized(path, device="cpu", path_mode: str = "auto", blob: dict | None = None) -> Int4Head:
     """Rebuild an inference model from an INT4 file (from `blob` when the file was already loaded); its matmul path
     is chosen here, for this machine."""
     if path_mode not in PATHS:
@@ -321,11 +336,11 @@ def load_quantized(path, device="cpu", path_mode: str = "auto", blob: dict | Non
     if missing_keys:
         raise CheckpointError(f"INT4 model file {path} lacks {sorted(missing_keys)}")
     try:
-        cfg = IteraLiteConfig.from_dict(blob["config"])
+        cfg = config_from_dict(blob["config"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"INT4 model file {path} has an unusable model config: {err}") from None
     with torch.device("meta"):
-        model = QuantizedIteraLite(cfg)
+        model = QUANTIZED_MODELS[cfg.architecture](cfg)
     try:
         dense, quantized = _unflatten(blob)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:  # an index that does not match its tensors

@@ -479,6 +479,10 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
         "<h2>Parameter distribution</h2>", parameter_plot(analysis),
         table_html(display(pd.DataFrame(analysis["by_component"]).assign(
             percent=lambda f: f["percent"].map("{:.1f}%".format)))),
+        f"<p>In the original plan's categories ({html.escape(analysis['config']['architecture'])} "
+        "architecture):</p>",
+        table_html(pd.DataFrame(analysis["plan_breakdown"]).assign(
+            params=lambda f: f["params"].map("{:,}".format), percent=lambda f: f["percent"].map("{:.1f}%".format))),
     ]
     if inputs.get("importance"):
         sections += ["<h2>Importance</h2>", importance_plot(_as_list(inputs["importance"]))]

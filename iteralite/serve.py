@@ -244,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ServeError("give either --prompt TEXT or --perplexity FILE")
         if args.tokens < 1:
             raise ServeError(f"--tokens: must be at least 1, got {args.tokens}")
+        if args.temperature < 0:
+            raise ServeError(f"--temperature: must be 0 (greedy) or more, got {args.temperature}")
+        if args.threads < 1:
+            raise ServeError(f"--threads: must be at least 1, got {args.threads}")
         model = OnnxModel.load(args.export_dir, args.threads)
         tokenizer = load_tokenizer(args.export_dir, model.manifest)
         if args.perplexity is not None:

@@ -14,14 +14,15 @@ import torch
 import yaml
 
 from . import bench, quant
-from .model import IteraLite, count_parameters
+from .architectures import build_model
+from .model import count_parameters
 from .pruning import criteria, planner, surgery
 from .study import model_config, plan_for
 
 
 def build_models(config: dict) -> dict:
     torch.manual_seed(config["seed"])
-    dense = IteraLite(model_config(config)).eval()
+    dense = build_model(model_config(config)).eval()
     target = config["pruning"]["targets"][0]
     plan = plan_for(config, target)
     counts = planner.plan_counts(dense.cfg, plan["ratios"], plan["round_to"])

@@ -9,7 +9,7 @@ import copy
 import os
 
 from . import naming
-from .modelconfig import IteraLiteConfig
+from .architectures import ModelConfig, config_from_dict
 from .paths import EMBEDDED_CORPUS
 from .pruning.planner import PlanError, plan_target
 
@@ -18,10 +18,15 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the key."""
 
 
-def model_config(config: dict) -> IteraLiteConfig:
+def model_config(config: dict) -> ModelConfig:
+    """The model the study trains: the model section's sizes for its architecture (the project's when unnamed)."""
     values = {k: v for k, v in config["model"].items() if k != "checkpoint"}
+    values["vocab_size"] = config["tokenizer"]["vocab_size"]
+    if values.get("architecture", "project") == "project" and "moe_layers" in values:
+        raise ConfigError("model.moe_layers applies to model.architecture reference only (the project's "
+                          "architecture has an MoE block in every layer)")
     try:
-        return IteraLiteConfig(vocab_size=config["tokenizer"]["vocab_size"], **values)
+        return config_from_dict(values)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
 

@@ -22,11 +22,11 @@ import time
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn as nn
 
 from .artifacts import load_torch, save_torch
 from .data import TokenWindows, eval_windows
 from .losses import head_cross_entropy_sum, lm_losses
-from .model import IteraLite
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def perplexity(model: IteraLite, tokens: torch.Tensor, max_tokens: int, batch_size: int = 32) -> float:
+def perplexity(model: nn.Module, tokens: torch.Tensor, max_tokens: int, batch_size: int = 32) -> float:
     """exp(mean next-token cross-entropy) over fixed windows of the first max_tokens tokens."""
     device = next(model.parameters()).device
     was_training = model.training
@@ -130,7 +130,7 @@ def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     return batch.pin_memory().to(device, non_blocking=True)
 
 
-def batch_losses(model: IteraLite, batch: torch.Tensor, cfg: TrainConfig, teacher: IteraLite | None = None):
+def batch_losses(model: nn.Module, batch: torch.Tensor, cfg: TrainConfig, teacher: nn.Module | None = None):
     """(the loss to minimise, the next-token cross-entropy, the balance loss) of one batch of windows (b, l + 1).
 
     The LM head runs in chunks (losses.py); with a teacher and cfg.distill_weight > 0 the loss mixes in
@@ -141,13 +141,13 @@ def batch_losses(model: IteraLite, batch: torch.Tensor, cfg: TrainConfig, teache
     if kd_weight > 0:
         with torch.no_grad():
             teacher_hidden = teacher.hidden_states(batch[:, :-1])[0].flatten(0, 1)
-        teacher_weight = teacher.tok_emb.weight
-    head_loss, ce, _ = lm_losses(hidden.flatten(0, 1), model.tok_emb.weight, batch[:, 1:].flatten(), teacher_hidden,
-                                 teacher_weight, cfg.distill_temperature, kd_weight)
+        teacher_weight = teacher.token_embedding.weight
+    head_loss, ce, _ = lm_losses(hidden.flatten(0, 1), model.token_embedding.weight, batch[:, 1:].flatten(),
+                                 teacher_hidden, teacher_weight, cfg.distill_temperature, kd_weight)
     return head_loss + (1 - kd_weight) * cfg.aux_loss_weight * balance, ce, balance
 
 
-def eager_step(model: IteraLite, optimizer, cfg: TrainConfig, teacher: IteraLite | None, device: torch.device):
+def eager_step(model: nn.Module, optimizer, cfg: TrainConfig, teacher: nn.Module | None, device: torch.device):
     """One optimisation step as a function of the batch (b, l + 1) on `device`; returns the tensor (loss, cross-entropy,
     balance) on the device, so nothing waits for the GPU."""
     parameters = list(model.parameters())
@@ -175,7 +175,7 @@ class GraphedStep:
 
     WARMUP_STEPS = 3
 
-    def __init__(self, step, model: IteraLite, optimizer, example_batch: torch.Tensor):
+    def __init__(self, step, model: nn.Module, optimizer, example_batch: torch.Tensor):
         self.static_batch = example_batch.clone()
         with _side_stream():
             warm_up(step, model, optimizer, self.static_batch, self.WARMUP_STEPS)
@@ -187,7 +187,7 @@ class GraphedStep:
         return self.static_losses.clone()  # the next replay overwrites the static output
 
 
-def warm_up(step, model: IteraLite, optimizer, batch: torch.Tensor, steps: int) -> None:
+def warm_up(step, model: nn.Module, optimizer, batch: torch.Tensor, steps: int) -> None:
     """Run `step(batch)` `steps` times, then undo it, also when a step raises (out of memory, once the optimizer has
     state): weights and optimizer state restored in place (a CUDA graph records these very tensors), gradients
     dropped. The last step runs with host syncs made errors, so that a sync, which would invalidate the capture
@@ -266,14 +266,14 @@ def _end_capture(graph, pool) -> None:
         raise
 
 
-def _snapshot(model: IteraLite, optimizer) -> dict:
+def _snapshot(model: nn.Module, optimizer) -> dict:
     return {"model": [p.detach().clone() for p in model.parameters()],
             "optimizer": {p: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
                           for p, s in optimizer.state.items()}}
 
 
 @torch.no_grad()
-def _restore(model: IteraLite, optimizer, saved: dict) -> None:
+def _restore(model: nn.Module, optimizer, saved: dict) -> None:
     """Undo the warm-up in place: weights back, optimizer state back, or zeroed where the warm-up created it."""
     for p, value in zip(model.parameters(), saved["model"]):
         p.copy_(value)
@@ -284,7 +284,7 @@ def _restore(model: IteraLite, optimizer, saved: dict) -> None:
                 value.copy_(before[key]) if key in before else value.zero_()
 
 
-def training_step(model: IteraLite, optimizer, cfg: TrainConfig, teacher: IteraLite | None, device: torch.device,
+def training_step(model: nn.Module, optimizer, cfg: TrainConfig, teacher: nn.Module | None, device: torch.device,
                   example_batch: torch.Tensor):
     """The step the loop runs: graphed on CUDA, eager on CPU or where capture fails (with a log line saying why)."""
     step = eager_step(model, optimizer, cfg, teacher, device)
@@ -324,15 +324,15 @@ class _SignalFlag:
 
 
 def train(
-    model: IteraLite,
+    model: nn.Module,
     train_tokens: torch.Tensor,
     val_tokens: torch.Tensor,
     cfg: TrainConfig,
     resume_path=None,
-    teacher: IteraLite | None = None,
+    teacher: nn.Module | None = None,
     device: torch.device | None = None,
     fingerprint: dict | None = None,
-) -> tuple[IteraLite, list[dict]]:
+) -> tuple[nn.Module, list[dict]]:
     """Train in place; returns (the best model by validation perplexity, the curve as rows).
 
     A resume state whose `fingerprint` (what determines the run: settings, input files, code) differs from this

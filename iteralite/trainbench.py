@@ -1,5 +1,7 @@
 """`make bench-train`: the training step of the project's path against the reference path and the no-scan floor,
-side by side in one process, on the same batches, repeats interleaved, medians; and the process's peak memory.
+and of the reference architecture (iteralite/reference: the Itera-Lite model at the same sizes, its shared-state
+scan in closed form per chunk), side by side in one process, on the same batches, repeats interleaved, medians;
+and the process's peak memory.
 
 On CPU: the fused numba scan, the same with the GPU's MoE dispatch (every expert on every token), the reference scan
 (torch ops), and the scan replaced by y = D * x (the floor: what a step costs without any scan), eager steps.
@@ -28,8 +30,10 @@ import yaml
 from . import model as model_module
 from . import scan
 from .bench import machine
-from .model import IteraLite
+from .model import IteraLite, count_parameters
 from .modelconfig import IteraLiteConfig
+from .reference.config import ReferenceConfig
+from .reference.model import ReferenceIteraLite
 from .train import TrainConfig, batch_losses, eager_step, pick_device, training_step
 from .workflow import bound_native_caches
 
@@ -56,7 +60,8 @@ VARIANTS = {
 LABELS = {"fused": "project's scan (fused CPU kernel)", "dense_moe": "the same, every expert on every token",
           "reference": "reference scan (torch ops), eager",
           "delta": "no scan, delta's path kept", "floor": "no scan (y = D * x)",
-          "project": "Triton scan, dense MoE, CUDA graph", "eager": "Triton scan, dense MoE, eager"}
+          "project": "Triton scan, dense MoE, CUDA graph", "eager": "Triton scan, dense MoE, eager",
+          "architecture": "reference architecture (shared state)"}
 
 
 DEFAULTS = (scan.IMPLEMENTATION, set(model_module.DENSE_DISPATCH_DEVICES))
@@ -127,9 +132,17 @@ def bench_size(config: dict, size: str, device: torch.device, repeats: int) -> d
     batches = [torch.randint(0, model_cfg.vocab_size, (cfg.batch_size, seq + 1), device=device)
                for _ in range(repeats + 2)]
     variants = VARIANTS[device.type]
+    project = next(iter(variants))
+    # The reference architecture (iteralite/reference) at the same sizes, on the project's path settings.
+    torch.manual_seed(0)
+    reference_arch = ReferenceIteraLite(ReferenceConfig(vocab_size=model_cfg.vocab_size, **{
+        k: getattr(model_cfg, k) for k in ("d_model", "n_layers", "max_seq", "d_inner", "d_state", "d_conv",
+                                           "n_experts", "expert_hidden", "top_k")})).to(device)
+    variants = {**variants, "architecture": variants[project]}
     # The CPU reference scan last and shorter, so that its (l, b, di, n) tensors do not count in the peak.
     timed = {name: v for name, v in variants.items() if device.type == "cuda" or name != "reference"}
     steps = {name: make_step(copy.deepcopy(dense), cfg, device, variants[name], seq) for name in timed}
+    steps["architecture"] = make_step(reference_arch, cfg, device, variants["architecture"], seq)
     time_steps(steps, batches[:2], variants, device)  # warm-up: compilation (cached on disk), first allocations
     times = time_steps(steps, batches[2:], variants, device)
     median = {name: statistics.median(t) for name, t in times.items()}
@@ -140,13 +153,15 @@ def bench_size(config: dict, size: str, device: torch.device, repeats: int) -> d
         median["reference"] = statistics.median(reference)
     tokens = cfg.batch_size * seq
     n_params = sum(p.numel() for p in dense.parameters())
-    print(f"\nsize {size}: {n_params:,} parameters, batch {cfg.batch_size} x {seq}, AdamW, median of {repeats} "
+    print(f"\nsize {size}: {n_params:,} parameters ({count_parameters(reference_arch):,} in the reference "
+          f"architecture), batch {cfg.batch_size} x {seq}, AdamW, median of {repeats} "
           f"interleaved steps")
     floor = median["floor"]
     for name in variants:
         print(f"  {LABELS[name]:<38}{1000 * median[name]:>8.1f} ms/step{tokens / median[name]:>12,.0f} tokens/s"
               f"{median[name] / floor:>7.2f}x floor")
-    project = next(iter(variants))
+    print(f"  reference architecture / project's: {median['architecture'] / median[project]:.2f}x the time per "
+          "token")
     return {"tokens_per_s": tokens / median[project], "floor_ratio": median[project] / floor, "peak_mb": peak,
             "per_token_s": median[project] / tokens}
 

@@ -1,11 +1,11 @@
 from iteralite import workflow
-from iteralite.model import IteraLiteConfig
 from iteralite.stages import training
+from iteralite.study import model_config
 from iteralite.train import TrainConfig
 
 workflow.start(snakemake)  # noqa: F821
 settings, inp, out = snakemake.params.settings, snakemake.input, snakemake.output  # noqa: F821
-model_cfg = IteraLiteConfig(vocab_size=settings["tokenizer"]["vocab_size"], **settings["model"])
+model_cfg = model_config(settings)  # the model section of either architecture, with the vocabulary size
 if "user_checkpoint" in inp.keys():
     training.use_checkpoint(model_cfg, inp.user_checkpoint, inp.tokens, out.checkpoint, out.curve)
 else:

@@ -287,6 +287,8 @@ def test_a_file_that_is_not_this_projects_export_gets_one_line_naming_it(exporte
     (["--prompt", ""], "--prompt: empty; give at least one token of text"),
     (["--prompt", "word1 other2 " * 40], "more than the model's max_seq=32"),
     (["--prompt", "word1", "--tokens", "0"], "--tokens: must be at least 1, got 0"),
+    (["--prompt", "word1", "--temperature", "-0.5"], "--temperature: must be 0 (greedy) or more, got -0.5"),
+    (["--prompt", "word1", "--threads", "0"], "--threads: must be at least 1, got 0"),
     ([], "give either --prompt TEXT or --perplexity FILE"),
     (["--perplexity", "/nonexistent.txt"], "--perplexity: file not found: /nonexistent.txt"),
 ])

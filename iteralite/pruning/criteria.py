@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import torch
 
 from ..losses import head_cross_entropy_sum
-from ..model import IteraLite
 from .groups import BLOCK_KINDS, Group, build_groups, skipped
 
 
@@ -138,7 +137,7 @@ def criterion_for(group: Group, criterion: str, expert_criterion: str) -> Criter
     return CRITERIA[criterion]
 
 
-def calibrate(model: IteraLite, batches: list[torch.Tensor], aux_loss_weight: float = 0.01) -> CalibrationStats:
+def calibrate(model, batches: list[torch.Tensor], aux_loss_weight: float = 0.01) -> CalibrationStats:
     """Run calibration batches through the dense model: Taylor saliency, Linear input norms, routing norms, and the
     loss increase when each block is skipped."""
     stats = CalibrationStats()
@@ -152,8 +151,8 @@ def calibrate(model: IteraLite, batches: list[torch.Tensor], aux_loss_weight: fl
         squares[key] = squares.get(key, 0) + x.pow(2).sum(0)
 
     hooks = [m.register_forward_pre_hook(record_input) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    moe_blocks = [layer["moe"] for layer in model.layers if "moe" in layer]
-    for moe in moe_blocks:
+    routed = model.routed_blocks()
+    for moe in routed.values():
         moe.routing_stats = {}
     params = dict(model.named_parameters())
     stats.taylor = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -171,18 +170,15 @@ def calibrate(model: IteraLite, batches: list[torch.Tensor], aux_loss_weight: fl
             h.remove()
         model.zero_grad(set_to_none=True)
     stats.input_norms = {k: v.sqrt() for k, v in squares.items()}
-    for i, layer in enumerate(model.layers):
-        if "moe" in layer:
-            recorded = layer["moe"].routing_stats
-            stats.routing[i] = torch.tensor([recorded.get(e, 0.0) for e in range(len(layer["moe"].experts))])
-    for moe in moe_blocks:
+    for i, moe in routed.items():
+        stats.routing[i] = torch.tensor([moe.routing_stats.get(e, 0.0) for e in range(len(moe.experts))])
         moe.routing_stats = None
     stats.skip_loss = skip_losses(model, batches)
     return stats
 
 
 @torch.no_grad()
-def skip_losses(model: IteraLite, batches: list[torch.Tensor]) -> dict[tuple[str, int], float]:
+def skip_losses(model, batches: list[torch.Tensor]) -> dict[tuple[str, int], float]:
     """(block kind, layer) -> mean next-token loss on the batches with that block skipped, minus the loss without."""
 
     def loss() -> float:
@@ -196,12 +192,12 @@ def skip_losses(model: IteraLite, batches: list[torch.Tensor]) -> dict[tuple[str
     for i, layer in enumerate(model.layers):
         for kind, key in BLOCK_KINDS.items():
             if key in layer:
-                with skipped(layer[key]):
+                with skipped(layer, key):
                     increases[(kind, i)] = loss() - base
     return increases
 
 
-def score_groups(model: IteraLite, criterion: str, stats: CalibrationStats, seed: int,
+def score_groups(model, criterion: str, stats: CalibrationStats, seed: int,
                  expert_criterion: str = "routing") -> dict[str, torch.Tensor]:
     state = {k: v.detach() for k, v in model.state_dict().items()}
     return {

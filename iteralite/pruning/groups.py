@@ -32,6 +32,11 @@ class Group:
     members: list[int] = field(default_factory=list)  # block groups: the layer of each channel
 
 
+def hidden_group_name(cfg, layer: int, expert: int) -> str:
+    """The name of an expert's hidden-unit group (a feed-forward block's, where the layer does not route)."""
+    return f"layer{layer}.expert{expert}.hidden" if cfg.is_routed(layer) else f"layer{layer}.ffn.hidden"
+
+
 def ssm_params(cfg: IteraLiteConfig, i: int) -> list[str]:
     p = f"layers.{i}.ssm."
     return [p + n for n in ("norm.weight", "in_proj.weight", "conv1d.weight", "conv1d.bias", "delta_proj.weight",
@@ -45,8 +50,18 @@ def moe_params(cfg: IteraLiteConfig, i: int) -> list[str]:
     return [m + "norm.weight", m + "router.weight", *experts]
 
 
-def build_groups(cfg: IteraLiteConfig) -> list[Group]:
-    """Every prunable group of a model config (blocks a layer no longer has have no groups)."""
+def build_groups(cfg) -> list[Group]:
+    """Every prunable group of a model config, as its architecture declares them (blocks a layer no longer has have
+    no groups)."""
+    if cfg.architecture == "reference":
+        from ..reference.groups import build_groups as reference_groups
+
+        return reference_groups(cfg)
+    return build_project_groups(cfg)
+
+
+def build_project_groups(cfg: IteraLiteConfig) -> list[Group]:
+    """The project architecture's groups (module docstring of iteralite.pruning)."""
     groups = []
     width = [Slice("tok_emb.weight", 1), Slice("pos_emb.weight", 1), Slice("norm_f.weight", 0)]
     for i in range(cfg.n_layers):
@@ -89,10 +104,11 @@ def build_groups(cfg: IteraLiteConfig) -> list[Group]:
 
 
 @contextlib.contextmanager
-def skipped(block):
-    """Within the block, the layer passes its input through, as if the block had been removed (an SSM block returns
-    its input, an MoE block its input and no balance loss)."""
-    block.forward = (lambda u: (u, u.new_zeros(()))) if hasattr(block, "experts") else (lambda u: u)
+def skipped(layer, key: str):
+    """Within the block, the layer passes its input through, as if its block `key` had been removed (an SSM block
+    returns its input, an MoE or feed-forward block its input and no balance loss)."""
+    block = layer[key]
+    block.forward = (lambda u: (u, u.new_zeros(()))) if key == "moe" else (lambda u: u)
     try:
         yield block
     finally:

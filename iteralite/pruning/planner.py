@@ -6,8 +6,8 @@ import copy
 import itertools
 import math
 
-from ..modelconfig import IteraLiteConfig, parameter_count
-from .groups import KINDS, build_groups
+from ..architectures import ModelConfig, parameter_count
+from .groups import KINDS, build_groups, hidden_group_name
 
 PRESETS = {
     # The original plan's allocation: SSM 25%, MoE experts 60%, embeddings kept. It removes far less than the
@@ -27,7 +27,7 @@ def kept_count(size: int, ratio: float, multiple: int, minimum: int = 1) -> int:
     return int(min(size, max(minimum, math.floor(keep + 0.5))))
 
 
-def plan_counts(cfg: IteraLiteConfig, ratios: dict[str, float], round_to: dict[str, int]) -> dict[str, int]:
+def plan_counts(cfg: ModelConfig, ratios: dict[str, float], round_to: dict[str, int]) -> dict[str, int]:
     """Kept channels per group name."""
     return {
         g.name: kept_count(g.size, ratios.get(g.kind, 0.0), round_to.get(g.kind, 1))
@@ -35,7 +35,7 @@ def plan_counts(cfg: IteraLiteConfig, ratios: dict[str, float], round_to: dict[s
     }
 
 
-def pruned_config(cfg: IteraLiteConfig, kept: dict[str, int]) -> IteraLiteConfig:
+def pruned_config(cfg: ModelConfig, kept: dict[str, int]) -> ModelConfig:
     """The config a plan's counts give. Which experts and blocks go depends on scores; for counting, the
     smallest-index ones stay (all are equal in size before pruning, so the count is exact)."""
     new = copy.deepcopy(cfg)
@@ -45,18 +45,18 @@ def pruned_config(cfg: IteraLiteConfig, kept: dict[str, int]) -> IteraLiteConfig
     new.layer_d_inner = [kept[f"layer{i}.ssm_channels"] if i in ssm_layers else 0 for i in range(cfg.n_layers)]
     hidden = []
     for i in range(cfg.n_layers):
-        sizes = [kept[f"layer{i}.expert{e}.hidden"] for e in range(cfg.experts_in(i))]
-        hidden.append(sizes[: kept[f"layer{i}.experts"]] if i in moe_layers else [])
+        sizes = [kept[hidden_group_name(cfg, i, e)] for e in range(cfg.experts_in(i))]
+        hidden.append(sizes[: kept.get(f"layer{i}.experts", len(sizes))] if i in moe_layers else [])
     new.layer_expert_hidden = hidden
     return new
 
 
-def removed_fraction(cfg: IteraLiteConfig, ratios: dict[str, float], round_to: dict[str, int]) -> float:
+def removed_fraction(cfg: ModelConfig, ratios: dict[str, float], round_to: dict[str, int]) -> float:
     dense = parameter_count(cfg)
     return 1 - parameter_count(pruned_config(cfg, plan_counts(cfg, ratios, round_to))) / dense
 
 
-def plan_target(cfg: IteraLiteConfig, target, bounds: dict[str, float], round_to: dict[str, int],
+def plan_target(cfg: ModelConfig, target, bounds: dict[str, float], round_to: dict[str, int],
                 pressure: dict[str, float] | None = None) -> dict:
     """Ratios per kind for a target: a preset name, or a fraction of all parameters to remove.
 
@@ -96,7 +96,7 @@ def plan_target(cfg: IteraLiteConfig, target, bounds: dict[str, float], round_to
     return {"target": target, "ratios": ratios, "removed_fraction": removed, "round_to": dict(round_to)}
 
 
-def _kind_share(cfg: IteraLiteConfig, kind: str) -> float:
+def _kind_share(cfg: ModelConfig, kind: str) -> float:
     """Fraction of all parameters that pruning this kind alone completely (to one channel) would remove."""
     return removed_fraction(cfg, {kind: 1.0}, {})
 
@@ -108,7 +108,7 @@ def _levels(size: int, cap: float, multiple: int) -> list[float]:
     return sorted(1 - c / size for c in counts if c >= deepest)
 
 
-def _tightest(cfg: IteraLiteConfig, target: float, uniform: dict, round_to: dict) -> dict:
+def _tightest(cfg: ModelConfig, target: float, uniform: dict, round_to: dict) -> dict:
     """Rounding makes one pressure overshoot; among allocations that cut no kind deeper than it does,
     take the one that removes the least while meeting the target."""
     sizes = {"width": cfg.d_model, "ssm_channels": cfg.d_inner, "expert_hidden": cfg.expert_hidden,

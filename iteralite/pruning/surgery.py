@@ -1,7 +1,8 @@
 """Applying a plan: choose the channels to keep by score, slice every coupled tensor, rebuild a smaller model.
 
-Nothing is masked: the result is an ordinary IteraLite of a smaller config. `masked_model` is the reference semantics
-the tests compare it with."""
+Nothing is masked: the result is an ordinary model of a smaller config, of the same architecture. `masked_model` is
+the semantics the tests compare it with: equal for every group of the project's architecture; for the reference
+architecture, where its LayerNorms and its mean step size make them differ (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import math
 
 import torch
 
-from ..model import IteraLite
-from .groups import BLOCK_KINDS, build_groups
+from ..architectures import build_model
+from .groups import BLOCK_KINDS, build_groups, hidden_group_name
 
 
 def choose_kept(scores: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, torch.Tensor]:
@@ -42,15 +43,16 @@ def _block_of(group) -> tuple[str, int] | None:
     return None
 
 
-def prune(model: IteraLite, kept: dict[str, torch.Tensor]) -> IteraLite:
-    """A new, physically smaller IteraLite keeping the given channels of every group, and the given blocks."""
+def prune(model, kept: dict[str, torch.Tensor]):
+    """A new, physically smaller model of the same architecture keeping the given channels of every group, and the
+    given blocks."""
     cfg = model.cfg
     groups = build_groups(cfg)
     removed = removed_blocks(groups, kept)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()
              if not any(k.startswith(f"layers.{i}.{block}.") for block, i in removed)}
     for g in groups:
-        if g.kind == "experts" or g.kind in BLOCK_KINDS or _block_of(g) in removed:
+        if g.kind in BLOCK_KINDS or _block_of(g) in removed:
             continue
         by_axis: dict[tuple[str, int], list[int]] = {}
         for s in g.slices:
@@ -59,6 +61,8 @@ def prune(model: IteraLite, kept: dict[str, torch.Tensor]) -> IteraLite:
         for (param, axis), offsets in by_axis.items():
             index = torch.cat([o + kept[g.name] for o in sorted(offsets)])
             state[param] = state[param].index_select(axis, index)
+        if g.kind == "experts":  # the router rows are sliced above; the surviving experts are renumbered
+            _renumber_experts(state, g.channel_params, kept[g.name].tolist())
     new_cfg = copy.deepcopy(cfg)
     new_cfg.d_model = len(kept["width"])
     new_cfg.layer_d_inner = [
@@ -70,24 +74,26 @@ def prune(model: IteraLite, kept: dict[str, torch.Tensor]) -> IteraLite:
         if not cfg.has_moe(i) or ("moe", i) in removed:
             new_cfg.layer_expert_hidden.append([])
             continue
-        survivors = kept[f"layer{i}.experts"].tolist()
-        prefix = f"layers.{i}.moe."
-        state[prefix + "router.weight"] = state[prefix + "router.weight"][survivors]
-        renamed = {}
-        for new_e, old_e in enumerate(survivors):
-            for leaf in ("w1.weight", "w1.bias", "w2.weight", "w2.bias"):
-                renamed[f"{prefix}experts.{new_e}.{leaf}"] = state[f"{prefix}experts.{old_e}.{leaf}"]
-        for key in [k for k in state if k.startswith(prefix + "experts.")]:
-            del state[key]
-        state.update(renamed)
-        new_cfg.layer_expert_hidden.append([len(kept[f"layer{i}.expert{e}.hidden"]) for e in survivors])
+        survivors = kept[f"layer{i}.experts"].tolist() if cfg.is_routed(i) else [0]
+        new_cfg.layer_expert_hidden.append([len(kept[hidden_group_name(cfg, i, e)]) for e in survivors])
     new_cfg.validate()
-    pruned = IteraLite(new_cfg)
+    pruned = build_model(new_cfg)
     pruned.load_state_dict(state)
     return pruned
 
 
-def masked_model(model: IteraLite, kept: dict[str, torch.Tensor]) -> IteraLite:
+def _renumber_experts(state: dict, expert_params: list[list[str]], survivors: list[int]) -> None:
+    """Expert `old` of the survivors becomes expert `new` (its position among them); the others go."""
+    renamed = {
+        name.replace(f"experts.{old}.", f"experts.{new}.", 1): state[name]
+        for new, old in enumerate(survivors) for name in expert_params[old]
+    }
+    for name in (n for params in expert_params for n in params):
+        del state[name]
+    state.update(renamed)
+
+
+def masked_model(model, kept: dict[str, torch.Tensor]):
     """The reference semantics of pruning: the dense model with every dropped channel's slices zeroed, dropped
     experts removed from routing (their router logit forced to -inf), and dropped blocks skipped."""
     masked = copy.deepcopy(model)
@@ -100,13 +106,10 @@ def masked_model(model: IteraLite, kept: dict[str, torch.Tensor]) -> IteraLite:
                 continue
             for s in g.slices:
                 state[s.param].index_fill_(s.axis, torch.tensor(dropped) + s.offset, 0.0)
-    for i, layer in enumerate(masked.layers):
-        if "moe" not in layer:
-            continue
-        n_experts = len(layer["moe"].experts)
-        dropped = sorted(set(range(n_experts)) - set(kept[f"layer{i}.experts"].tolist()))
+    for i, moe in masked.routed_blocks().items():
+        dropped = sorted(set(range(len(moe.experts))) - set(kept[f"layer{i}.experts"].tolist()))
         if dropped:
-            layer["moe"].router.register_forward_hook(_mask_logits(dropped))
+            moe.gate.register_forward_hook(_mask_logits(dropped))
     for block, i in removed_blocks(groups, kept):
         del masked.layers[i][block]  # the layer's forward passes the residual stream through
     return masked

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from ..architectures import ModelConfig, build_model
 from ..artifacts import CheckpointError, write_csv
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import load_tokens
-from ..model import IteraLite, IteraLiteConfig
 from ..provenance import fingerprint
 from ..train import Interrupted, TrainConfig, pick_device, train
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def train_model(settings: TrainConfig, device: str, tokens_path: str, out_checkpoint: str, out_curve: str, *,
-                model_cfg: IteraLiteConfig | None = None, init_checkpoint: str | None = None,
+                model_cfg: ModelConfig | None = None, init_checkpoint: str | None = None,
                 teacher_checkpoint: str | None = None) -> None:
     """The baseline (a fresh model of `model_cfg`, seeded by settings.seed), a fine-tune or the control (from
     `init_checkpoint`). Resumable through a state file beside the checkpoint that is no declared output, so a failed
@@ -30,7 +30,7 @@ def train_model(settings: TrainConfig, device: str, tokens_path: str, out_checkp
         model, _ = load_checkpoint(init_checkpoint)
     else:
         torch.manual_seed(settings.seed)
-        model = IteraLite(model_cfg)
+        model = build_model(model_cfg)
     teacher = load_checkpoint(teacher_checkpoint)[0] if teacher_checkpoint and settings.distill_weight > 0 else None
     run_fingerprint = fingerprint(
         {"train": asdict(settings), "device": device, "model": model.cfg.to_dict()},
@@ -53,7 +53,7 @@ def train_model(settings: TrainConfig, device: str, tokens_path: str, out_checkp
     resume.unlink(missing_ok=True)
 
 
-def use_checkpoint(model_cfg: IteraLiteConfig, user_checkpoint: str, tokens_path: str, out_checkpoint: str,
+def use_checkpoint(model_cfg: ModelConfig, user_checkpoint: str, tokens_path: str, out_checkpoint: str,
                    out_curve: str) -> None:
     """A user-supplied baseline: checked against the study's model config and tokenizer, then copied."""
     model, meta = load_checkpoint(user_checkpoint)

@@ -1,0 +1,6 @@
+"""The reference architecture: the Itera-Lite repository's `IteraLiteModel` (CisnerosCodes/Itera-Lite, MIT,
+`models/itera_lite.py`, `ssm.py`, `moe.py`), the model the original compression plan was written for.
+
+config.py holds its sizes (torch-free), model.py its forward and step modes, groups.py its coupled pruning groups,
+onnx.py its ONNX graphs. The rest of the package sees it through `iteralite.architectures`.
+"""
