@@ -26,6 +26,9 @@ class IteraLiteConfig:
     top_k: int = 2
     # Per-layer sizes; derived from the defaults above when empty, edited by pruning (0 channels or no experts: the
     # layer has no such block).
+    # Rows of the table a token id can reach: the tokenizer's ids (0: every row). An imported word-level tokenizer
+    # may reach 184 of 2,000 rows; pruning removes the others (group kind "vocab").
+    vocab_reachable: int = 0
     layer_d_inner: list[int] = field(default_factory=list)
     layer_expert_hidden: list[list[int]] = field(default_factory=list)
     # Widths the RMSNorms divide by (the unpruned widths); derived when 0.
@@ -48,6 +51,8 @@ class IteraLiteConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.vocab_reachable <= self.vocab_size:
+            raise ValueError(f"model: {self.vocab_reachable} reachable rows in a table of {self.vocab_size}")
         if len(self.layer_d_inner) != self.n_layers or len(self.layer_expert_hidden) != self.n_layers:
             raise ValueError(f"model: per-layer sizes must list {self.n_layers} layers")
         if any(di < 0 for di in self.layer_d_inner):
@@ -55,6 +60,10 @@ class IteraLiteConfig:
         for hidden in self.layer_expert_hidden:
             if any(h < 1 for h in hidden):
                 raise ValueError(f"model.expert_hidden: every expert needs a size >= 1, got {hidden}")
+
+    @property
+    def reachable_rows(self) -> int:
+        return self.vocab_reachable or self.vocab_size
 
     def has_ssm(self, layer: int) -> bool:
         return self.layer_d_inner[layer] > 0

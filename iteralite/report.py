@@ -450,6 +450,18 @@ pre{background:#f6f6f6;padding:1em;font-size:12px;overflow:auto}
 li{margin:.3em 0;font-size:13px}"""
 
 
+def source_section(source: dict | None) -> list[str]:
+    """Where an imported baseline came from: its file, SHA-256, the layout found, what was inferred and warned."""
+    if not source:
+        return []
+    inferred = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in source["inferred"].items())
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in source["warnings"]) or "<li>none</li>"
+    return [f"<h2>Source</h2><p>The baseline is imported from <code>{html.escape(source['file'])}</code> (SHA-256 "
+            f"<code>{source['sha256']}</code>), a checkpoint the Itera-Lite code wrote: "
+            f"{html.escape('; '.join(source['layout']))}.</p><p>Inferred:</p><ul>{inferred}</ul>"
+            f"<p>Warnings:</p><ul>{warnings}</ul>"]
+
+
 def build(inputs: dict, config: dict, out_path: str) -> None:
     everything = pd.read_csv(inputs["summary"])
     summary = everything[everything["runtime"] == "torch"]  # the study's own analysis; exports have their section
@@ -476,6 +488,7 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
         "study (lowest mean test perplexity over its seeds), against the fp32 baseline. Source: "
         f"{html.escape(plan['source'])}, quoted in report/plan_expectations.yaml.</p>",
         table_html(plan_vs_measured(families, plan["expectations"])),
+        *source_section(analysis.get("source")),
         "<h2>Parameter distribution</h2>", parameter_plot(analysis),
         table_html(display(pd.DataFrame(analysis["by_component"]).assign(
             percent=lambda f: f["percent"].map("{:.1f}%".format)))),

@@ -6,7 +6,9 @@ Everything here runs when Snakemake parses the workflow, before any job starts, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
+from functools import cache
 
 from . import naming
 from .architectures import ModelConfig, config_from_dict
@@ -19,9 +21,15 @@ class ConfigError(ValueError):
 
 
 def model_config(config: dict) -> ModelConfig:
-    """The model the study trains: the model section's sizes for its architecture (the project's when unnamed)."""
+    """The model the study starts from: an imported Itera-Lite checkpoint's (`model.checkpoint`), else the model
+    section's sizes for its architecture (the project's when unnamed), its vocabulary the tokenizer's."""
+    checkpoint = config["model"].get("checkpoint")
+    imported = imported_config(checkpoint, config["model"].get("top_k")) if checkpoint else None
+    if imported is not None:  # its table may have rows the tokenizer's ids never reach
+        rows = tokenizer_rows(config["tokenizer"]) if config["tokenizer"].get("path") else imported.vocab_size
+        return dataclasses.replace(imported, vocab_reachable=rows if rows < imported.vocab_size else 0)
     values = {k: v for k, v in config["model"].items() if k != "checkpoint"}
-    values["vocab_size"] = config["tokenizer"]["vocab_size"]
+    values["vocab_size"] = tokenizer_rows(config["tokenizer"])
     if values.get("architecture", "project") == "project" and "moe_layers" in values:
         raise ConfigError("model.moe_layers applies to model.architecture reference only (the project's "
                           "architecture has an MoE block in every layer)")
@@ -29,6 +37,43 @@ def model_config(config: dict) -> ModelConfig:
         return config_from_dict(values)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
+
+
+def imported_config(path: str, top_k: int | None) -> ModelConfig | None:
+    """The config of an Itera-Lite checkpoint named by model.checkpoint (None for this package's own checkpoints,
+    which must match the model section); read when the workflow is parsed, so torch is imported only then."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"model.checkpoint: file not found: {path}")
+    stat = os.stat(path)
+    return _read_imported_config(os.path.abspath(path), stat.st_size, stat.st_mtime_ns, top_k)
+
+
+@cache
+def _read_imported_config(path: str, size: int, mtime: int, top_k: int | None):
+    from .artifacts import CheckpointError
+    from .checkpoint import read_user_checkpoint
+
+    try:
+        model, info = read_user_checkpoint(path, top_k)
+    except CheckpointError as err:
+        message = str(err)
+        raise ConfigError(message if message.startswith("model.checkpoint") else f"model.checkpoint: {message}") \
+            from None
+    return model.cfg if info["format"] == "Itera-Lite" else None
+
+
+def tokenizer_rows(tokenizer: dict) -> int:
+    """Rows of the embedding table the study's tokenizer needs: a user tokenizer's ids (tokenizer.path), else the
+    BPE's tokenizer.vocab_size."""
+    if not tokenizer.get("path"):
+        return tokenizer["vocab_size"]
+    from .reference.tokenizer import TokenizerError, id_count, read_tokenizer
+
+    try:
+        return id_count(read_tokenizer(tokenizer["path"])[0])
+    except (TokenizerError, UnicodeDecodeError) as err:
+        raise ConfigError(str(err) if isinstance(err, TokenizerError) else
+                          f"tokenizer.path {tokenizer['path']} is not UTF-8 text") from None
 
 
 def corpus_files(corpus: dict) -> list[str]:
@@ -216,9 +261,7 @@ def validate(config: dict) -> None:
                 raise ConfigError(f"corpus.paths: file not found: {path}")
     if corpus["source"] == "hub" and not corpus.get("hub_name"):
         raise ConfigError("corpus.hub_name must name a dataset when corpus.source is 'hub'")
-    checkpoint = config["model"].get("checkpoint")
-    if checkpoint and not os.path.isfile(checkpoint):
-        raise ConfigError(f"model.checkpoint: file not found: {checkpoint}")
+    _check_import(config, cfg)
     group = config["quantize"]["group_size"]
     if cfg.d_model % group:
         raise ConfigError(f"quantize.group_size={group} must divide model.d_model={cfg.d_model}")
@@ -233,6 +276,26 @@ def validate(config: dict) -> None:
                           "the distillation loss); it is 0")
     quantized_sources(config)
     exported_models(config)
+
+
+def _check_import(config: dict, cfg: ModelConfig) -> None:
+    """A user's checkpoint and tokenizer: they fit each other and the study's windows."""
+    checkpoint, tokenizer_path = config["model"].get("checkpoint"), config["tokenizer"].get("path")
+    if not checkpoint:
+        return
+    imported = imported_config(checkpoint, config["model"].get("top_k")) is not None
+    if imported and not tokenizer_path:
+        raise ConfigError(f"model.checkpoint {checkpoint} is an Itera-Lite checkpoint: tokenizer.path must name the "
+                          "tokenizer it was trained with")
+    if imported:
+        rows = tokenizer_rows(config["tokenizer"])
+        if rows > cfg.vocab_size:
+            raise ConfigError(f"tokenizer.path {tokenizer_path}: ids up to {rows - 1}, beyond the {cfg.vocab_size} "
+                              f"rows of model.checkpoint {checkpoint}'s table")
+        longest = max(config["benchmark"]["contexts"])
+        if cfg.max_seq < longest:
+            raise ConfigError(f"model.checkpoint {checkpoint}: max_seq {cfg.max_seq} is shorter than the study's "
+                              f"windows need (benchmark.contexts up to {longest})")
 
 
 SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "schema.yaml")

@@ -121,6 +121,12 @@ def prune_settings(wildcards):
 
 
 USER_CHECKPOINT = config["model"]["checkpoint"]
+USER_TOKENIZER = config["tokenizer"].get("path")
+
+
+def tokenizer_inputs(wildcards):
+    """The user's tokenizer file (tokenizer.path), or the training split a BPE is trained on."""
+    return {"user": USER_TOKENIZER} if USER_TOKENIZER else {"train": "results/corpus/train.txt"}
 
 
 def baseline_inputs(wildcards):
@@ -132,7 +138,9 @@ def baseline_inputs(wildcards):
 
 
 def baseline_settings():
-    """A user checkpoint is only checked against the model config; training depends on the train section too."""
+    """A user checkpoint is only checked against the model config; training depends on the train section too. The
+    vocabulary comes from tokenizer.path where the config names one."""
+    tokenizer = ["tokenizer.vocab_size"] + (["tokenizer.path"] if config["tokenizer"].get("path") else [])
     if USER_CHECKPOINT:
-        return config_slice("model", "tokenizer.vocab_size", drop=["model.checkpoint"])
-    return config_slice("train", "model", "tokenizer.vocab_size", "seed", "device", drop=["model.checkpoint"])
+        return config_slice("model", *tokenizer, drop=["model.checkpoint"])
+    return config_slice("train", "model", *tokenizer, "seed", "device", drop=["model.checkpoint"])

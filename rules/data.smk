@@ -27,7 +27,8 @@ rule prepare_corpus:
 
 rule train_tokenizer:
     input:
-        train="results/corpus/train.txt",
+        # a byte-level BPE is trained on the corpus, or the user's tokenizer (tokenizer.path) converted
+        unpack(tokenizer_inputs),
     output:
         tokenizer="results/tokenizer/tokenizer.json",
     params:

@@ -249,7 +249,8 @@ def external_data(directory: Path) -> None:
 def other_tokenizer(directory: Path) -> None:
     from iteralite import data
 
-    data.train_tokenizer("a b c d e f g " * 200, 280).save(str(directory / "tokenizer.json"))
+    words = " ".join(f"{a}{b}{c}" for a in "abcdefgh" for b in "ijklmnop" for c in "qrstuvwx")
+    data.train_tokenizer(words * 3, 400).save(str(directory / "tokenizer.json"))
     manifest = json.loads((directory / "export.json").read_text())
     manifest["tokenizer_sha256"] = serve.sha256_bytes((directory / "tokenizer.json").read_bytes())
     (directory / "export.json").write_text(json.dumps(manifest))
@@ -265,7 +266,7 @@ BAD_EXPORTS = {
     "truncated": (lambda d: (d / "step.onnx").write_bytes((d / "step.onnx").read_bytes()[:1000]),
                   "step.onnx: not the step graph this export wrote"),
     "external data": (external_data, "model.onnx: refers to external data; an export is one file per graph"),
-    "another vocabulary": (other_tokenizer, "tokenizer.json: a vocabulary of 264 tokens, the model's has 300"),
+    "another vocabulary": (other_tokenizer, "tokenizer.json: token ids up to 399, beyond the model's 300 rows"),
     "another manifest": (lambda d: (d / "export.json").write_text('{"format": "other"}'),
                          "export.json: expected format 'iteralite-onnx-v1', found 'other'"),
 }

@@ -122,12 +122,24 @@ class SkipLoss(Criterion):
         return torch.tensor([stats.skip_loss[(group.kind, layer)] for layer in group.members])
 
 
-CRITERIA = {c.name: c for c in (L1(), L2(), Taylor(), ActivationAware(), Random(), Routing(), SkipLoss())}
+class Reachable(Criterion):
+    """The vocab group only: 1 for the rows token ids reach, 0 for the others (which always go)."""
+
+    name = "reachable"
+
+    def score(self, group, state, stats, seed):
+        return (torch.arange(group.size) < group.reachable).float()
+
+
+CRITERIA = {c.name: c for c in (L1(), L2(), Taylor(), ActivationAware(), Random(), Routing(), SkipLoss(),
+                                Reachable())}
 
 
 def criterion_for(group: Group, criterion: str, expert_criterion: str) -> Criterion:
     """The criterion a group is scored with: unless the study runs random, whole experts use `expert_criterion` and
     whole blocks the loss their skipping causes."""
+    if group.kind == "vocab":
+        return CRITERIA["reachable"]
     if criterion == "random":
         return CRITERIA[criterion]
     if group.kind in BLOCK_KINDS:

@@ -30,6 +30,7 @@ class Group:
     expert: int | None = None
     channel_params: list[list[str]] = field(default_factory=list)  # whole tensors owned by each channel
     members: list[int] = field(default_factory=list)  # block groups: the layer of each channel
+    reachable: int | None = None  # the vocab group: its first rows, which token ids reach, always stay
 
 
 def hidden_group_name(cfg, layer: int, expert: int) -> str:
@@ -52,12 +53,22 @@ def moe_params(cfg: IteraLiteConfig, i: int) -> list[str]:
 
 def build_groups(cfg) -> list[Group]:
     """Every prunable group of a model config, as its architecture declares them (blocks a layer no longer has have
-    no groups)."""
+    no groups), and the table's rows no token reaches, where there are such rows."""
     if cfg.architecture == "reference":
         from ..reference.groups import build_groups as reference_groups
 
-        return reference_groups(cfg)
-    return build_project_groups(cfg)
+        groups, table = reference_groups(cfg), "embedding.weight"
+    else:
+        groups, table = build_project_groups(cfg), "tok_emb.weight"
+    if cfg.reachable_rows < cfg.vocab_size:
+        groups.append(vocab_group(cfg, table))
+    return groups
+
+
+def vocab_group(cfg, table: str) -> Group:
+    """The rows of the tied table: those past the tokenizer's ids are never read (no id maps to them) and never
+    predicted (no target is one of them), so they go whatever the target; the others always stay."""
+    return Group("vocab", "vocab", cfg.vocab_size, [Slice(table, 0)], reachable=cfg.reachable_rows)
 
 
 def build_project_groups(cfg: IteraLiteConfig) -> list[Group]:

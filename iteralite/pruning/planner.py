@@ -30,7 +30,8 @@ def kept_count(size: int, ratio: float, multiple: int, minimum: int = 1) -> int:
 def plan_counts(cfg: ModelConfig, ratios: dict[str, float], round_to: dict[str, int]) -> dict[str, int]:
     """Kept channels per group name."""
     return {
-        g.name: kept_count(g.size, ratios.get(g.kind, 0.0), round_to.get(g.kind, 1))
+        g.name: g.reachable if g.kind == "vocab"  # the unreachable rows go, whatever the ratios
+        else kept_count(g.size, ratios.get(g.kind, 0.0), round_to.get(g.kind, 1))
         for g in build_groups(cfg)
     }
 
@@ -40,6 +41,7 @@ def pruned_config(cfg: ModelConfig, kept: dict[str, int]) -> ModelConfig:
     smallest-index ones stay (all are equal in size before pruning, so the count is exact)."""
     new = copy.deepcopy(cfg)
     new.d_model = kept["width"]
+    new.vocab_size = kept.get("vocab", cfg.vocab_size)
     ssm_layers = [i for i in range(cfg.n_layers) if cfg.has_ssm(i)][: kept["ssm_blocks"]]
     moe_layers = [i for i in range(cfg.n_layers) if cfg.has_moe(i)][: kept["moe_blocks"]]
     new.layer_d_inner = [kept[f"layer{i}.ssm_channels"] if i in ssm_layers else 0 for i in range(cfg.n_layers)]

@@ -65,6 +65,8 @@ def prune(model, kept: dict[str, torch.Tensor]):
             _renumber_experts(state, g.channel_params, kept[g.name].tolist())
     new_cfg = copy.deepcopy(cfg)
     new_cfg.d_model = len(kept["width"])
+    if "vocab" in kept:  # the rows no token reaches are gone: every row left is reachable
+        new_cfg.vocab_size, new_cfg.vocab_reachable = len(kept["vocab"]), 0
     new_cfg.layer_d_inner = [
         len(kept[f"layer{i}.ssm_channels"]) if cfg.has_ssm(i) and ("ssm", i) not in removed else 0
         for i in range(cfg.n_layers)
@@ -102,7 +104,7 @@ def masked_model(model, kept: dict[str, torch.Tensor]):
     with torch.no_grad():
         for g in groups:
             dropped = sorted(set(range(g.size)) - set(kept[g.name].tolist()))
-            if not dropped or g.kind == "experts" or g.kind in BLOCK_KINDS:
+            if not dropped or g.kind in ("experts", "vocab") or g.kind in BLOCK_KINDS:
                 continue
             for s in g.slices:
                 state[s.param].index_fill_(s.axis, torch.tensor(dropped) + s.offset, 0.0)
@@ -110,6 +112,10 @@ def masked_model(model, kept: dict[str, torch.Tensor]):
         dropped = sorted(set(range(len(moe.experts))) - set(kept[f"layer{i}.experts"].tolist()))
         if dropped:
             moe.gate.register_forward_hook(_mask_logits(dropped))
+    if "vocab" in kept:  # rows no longer predicted: their logits at -inf
+        dropped = sorted(set(range(model.cfg.vocab_size)) - set(kept["vocab"].tolist()))
+        head = masked.head
+        masked.head = lambda hidden: head(hidden).index_fill(-1, torch.tensor(dropped), -math.inf)
     for block, i in removed_blocks(groups, kept):
         del masked.layers[i][block]  # the layer's forward passes the residual stream through
     return masked

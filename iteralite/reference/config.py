@@ -32,6 +32,9 @@ class ReferenceConfig:
     norm_eps: float = 1e-5
     # Per-layer sizes, derived when empty and edited by pruning. An MoE layer lists its experts' hidden sizes, a
     # feed-forward layer one size (its single expert); 0 channels or an empty list: the layer has no such block.
+    # Rows of the table a token id can reach: the tokenizer's ids (0: every row). An imported word-level tokenizer
+    # may reach 184 of 2,000 rows; pruning removes the others (group kind "vocab").
+    vocab_reachable: int = 0
     layer_d_inner: list[int] = field(default_factory=list)
     layer_expert_hidden: list[list[int]] = field(default_factory=list)
 
@@ -64,6 +67,8 @@ class ReferenceConfig:
             raise ValueError(f"model.top_k={self.top_k} exceeds model.n_experts={self.n_experts}")
 
     def validate(self) -> None:
+        if not 0 <= self.vocab_reachable <= self.vocab_size:
+            raise ValueError(f"model: {self.vocab_reachable} reachable rows in a table of {self.vocab_size}")
         if len(self.layer_d_inner) != self.n_layers or len(self.layer_expert_hidden) != self.n_layers:
             raise ValueError(f"model: per-layer sizes must list {self.n_layers} layers")
         if any(di < 0 for di in self.layer_d_inner):
@@ -74,6 +79,10 @@ class ReferenceConfig:
             if i not in self.moe_layers and len(hidden) > 1:
                 raise ValueError(f"model: layer {i} is a feed-forward layer (not in model.moe_layers) with "
                                  f"{len(hidden)} experts")
+
+    @property
+    def reachable_rows(self) -> int:
+        return self.vocab_reachable or self.vocab_size
 
     def has_ssm(self, layer: int) -> bool:
         return self.layer_d_inner[layer] > 0

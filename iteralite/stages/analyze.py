@@ -14,8 +14,9 @@ log = logging.getLogger(__name__)
 
 
 def analyze(checkpoint: str, out_json: str, out_csv: str, out_groups: str) -> None:
-    model, _ = load_checkpoint(checkpoint)
+    model, fields = load_checkpoint(checkpoint)
     result = analysis.analyze(model)
+    result["source"] = (fields.get("meta") or {}).get("imported")  # an imported baseline: its file and layout
     write_json(out_json, result)
     write_csv(out_csv, pd.DataFrame(result["by_component_and_layer"]))
     write_csv(out_groups, pd.DataFrame(result["groups"]))
