@@ -6,11 +6,11 @@
   (iteralite/reference/).
 
 Every stage sees a model through what both provide: `cfg` (sizes, `has_ssm`/`has_moe`/`experts_in` per layer,
-`to_dict` that rebuilds it), `forward(ids) -> (logits, balance)`, `hidden_states`, `head`, `token_embedding`,
-`empty_cache`/`step` (the recurrent mode) and `generate`; `layers[i]["ssm"]` and `layers[i]["moe"]` are a layer's
-two blocks, and `routed_blocks()` the blocks that route among experts. Each declares its pruning groups
-(`iteralite.pruning.groups.build_groups`). Torch-free at import: the workflow's parse uses the configs, counts
-and groups; `build_model` imports the model code.
+`to_dict` that rebuilds it: `modelconfig.LayerSizes`), `forward(ids) -> (logits, balance)`, `hidden_states`, `head`,
+`token_embedding`, `empty_cache`/`step` (the recurrent mode, `model.RecurrentMode`) and `generate`;
+`layers[i]["ssm"]` and `layers[i]["moe"]` are a layer's two blocks, and `routed_blocks()` the blocks that route
+among experts. Each declares its pruning groups (`iteralite.pruning.groups.build_groups`). Torch-free at import:
+the workflow's parse uses the configs, counts and groups; `build_model` imports the model code.
 """
 
 from __future__ import annotations

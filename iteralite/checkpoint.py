@@ -28,19 +28,6 @@ def save_checkpoint(path, model, tokenizer_sha256: str, meta: dict | None = None
     )
 
 
-def read_user_checkpoint(path, top_k: int | None) -> tuple:
-    """A user's baseline (`model.checkpoint`): this package's checkpoint, or one the Itera-Lite code wrote, imported
-    as the reference architecture (`top_k` where its file does not say). Returns (model, what the file held)."""
-    blob = load_torch(path, "model.checkpoint")
-    if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:
-        model, meta = load_checkpoint(path, blob=blob)
-        return model, {"format": CHECKPOINT_FORMAT, **meta}
-    from .reference.convert import import_checkpoint
-
-    model, report = import_checkpoint(blob, path, top_k)
-    return model, {"format": "Itera-Lite", **report}
-
-
 def load_checkpoint(path, device="cpu", blob: dict | None = None) -> tuple:
     """Rebuild the model a checkpoint describes (from `blob` when the file was already loaded); returns (model, the
     checkpoint's other fields)."""

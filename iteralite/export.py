@@ -5,7 +5,8 @@ points go in as they are (quant.py's layout), so ONNX Runtime computes what the 
 Optimum's exporter does, the export is checked with ONNX Runtime on fresh inputs (test windows) before it counts:
 - the sequence graph's logits equal torch's (max abs difference within `logits_tolerance`: 1e-4 for float32,
   1e-3 for INT4 against the torch INT4 model);
-- the step graph, run token by token over a window, equals the sequence graph (logits and the final state);
+- the step graph, run token by token over a window, equals the sequence graph (logits, and the final state within the
+  same tolerance relative to its largest entry where that exceeds 1);
 - the test perplexity through ONNX Runtime is within 0.1% of torch's on the same windows.
 A mismatch raises ExportError naming the model, the graph and the difference.
 """
@@ -97,7 +98,11 @@ def verify(model_id: str, model, runtime: serve.OnnxModel, test_tokens: torch.Te
         logits, step_state = runtime.step(rows[:, position], np.full(rows.shape[0], position), step_state)
         stepped.append(logits)
     step_diff = _max_diff(np.stack(stepped, axis=1), onnx_logits[:2])
-    state_diff = max([_max_diff(step_state[name], state[name][:2]) for name in state], default=0.0)
+    # relative to each state's largest entry where that exceeds 1: the reference architecture's shared scan state
+    # sums its channels' drives and reaches 100-150 in trained models, where float32 carries about 1e-5 of absolute
+    # error
+    state_diff = max([_max_diff(step_state[name], state[name][:2]) / max(1.0, float(np.abs(state[name]).max()))
+                      for name in state], default=0.0)
     _check(model_id, "step", "logits over a window (against the sequence graph)", step_diff, logits_tolerance)
     _check(model_id, "step", "final state (against the sequence graph)", state_diff, logits_tolerance)
 
@@ -109,7 +114,7 @@ def verify(model_id: str, model, runtime: serve.OnnxModel, test_tokens: torch.Te
                           f"torch's {torch_ppl:.4f} by {100 * relative:.3f}%, more than "
                           f"{100 * PERPLEXITY_TOLERANCE:g}%")
     return {"windows": int(windows.shape[0]), "window_tokens": seq, "logits_tolerance": logits_tolerance,
-            "sequence_max_abs_diff": sequence_diff, "step_max_abs_diff": step_diff, "state_max_abs_diff": state_diff,
+            "sequence_max_abs_diff": sequence_diff, "step_max_abs_diff": step_diff, "state_max_diff": state_diff,
             "perplexity_tokens": int(eval_windows(test_tokens, seq, settings.verify_tokens)[:, 1:].numel()),
             "torch_perplexity": torch_ppl, "onnxruntime_perplexity": onnx_ppl,
             "perplexity_relative_diff": relative}

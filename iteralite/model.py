@@ -190,8 +190,24 @@ def _embedding(rows: int, dim: int) -> nn.Embedding:
     return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
 
 
-class StepGeneration:
-    """Sampling in step mode, for any model with `cfg.max_seq`, `empty_cache` and `step` (both architectures)."""
+class RecurrentMode:
+    """The recurrent mode of both architectures: one token at a time with a conv + scan state per SSM block, and
+    sampling in it. A model provides `embed(ids, positions)`, `final_norm(u)`, `head(hidden)` and `layers`."""
+
+    def empty_cache(self, batch: int, device=None):
+        return [layer["ssm"].empty_state(batch, device) if "ssm" in layer else None for layer in self.layers]
+
+    def step(self, token, position: int, cache):  # token: (b,) -> logits (b, v), new cache
+        """One token with the state of the tokens before it; O(1) work per token."""
+        u = self.embed(token, torch.full_like(token, position))
+        new_cache = []
+        for layer, state in zip(self.layers, cache):
+            if "ssm" in layer:
+                u, state = layer["ssm"].step(u, state)
+            if "moe" in layer:
+                u = layer["moe"](u.unsqueeze(1))[0].squeeze(1)
+            new_cache.append(state)
+        return self.head(self.final_norm(u)), new_cache
 
     @torch.no_grad()
     def generate(self, prompt, max_new_tokens: int, temperature: float = 1.0, generator=None):
@@ -208,7 +224,7 @@ class StepGeneration:
         return torch.stack(tokens, dim=1)
 
 
-class IteraLite(StepGeneration, nn.Module):
+class IteraLite(RecurrentMode, nn.Module):
     def __init__(self, cfg: IteraLiteConfig):
         super().__init__()
         self.cfg = cfg
@@ -252,8 +268,7 @@ class IteraLite(StepGeneration, nn.Module):
         """Everything but the LM head, so that training and evaluation can run the head in chunks (losses.py)."""
         if idx.shape[1] > self.cfg.max_seq:
             raise ValueError(f"sequence of {idx.shape[1]} tokens exceeds model.max_seq={self.cfg.max_seq}")
-        pos = torch.arange(idx.shape[1], device=idx.device)
-        u = self.tok_emb(idx) + self.pos_emb(pos)
+        u = self.embed(idx, torch.arange(idx.shape[1], device=idx.device))
         balance, moe_blocks = u.new_zeros(()), 0
         for layer in self.layers:
             if "ssm" in layer:
@@ -261,22 +276,13 @@ class IteraLite(StepGeneration, nn.Module):
             if "moe" in layer:
                 u, layer_balance = layer["moe"](u)
                 balance, moe_blocks = balance + layer_balance, moe_blocks + 1
-        return self.norm_f(u), balance / max(1, moe_blocks)
+        return self.final_norm(u), balance / max(1, moe_blocks)
 
-    def empty_cache(self, batch: int, device=None):
-        return [layer["ssm"].empty_state(batch, device) if "ssm" in layer else None for layer in self.layers]
+    def embed(self, idx, positions):  # (...) ids and their positions -> (..., d)
+        return self.tok_emb(idx) + self.pos_emb(positions)
 
-    def step(self, token, position: int, cache):  # token: (b,) -> logits (b, v), new cache
-        """Recurrent mode: one token with the conv+scan state of the tokens before it."""
-        u = self.tok_emb(token) + self.pos_emb(torch.full_like(token, position))
-        new_cache = []
-        for layer, state in zip(self.layers, cache):
-            if "ssm" in layer:
-                u, state = layer["ssm"].step(u, state)
-            if "moe" in layer:
-                u = layer["moe"](u.unsqueeze(1))[0].squeeze(1)
-            new_cache.append(state)
-        return self.head(self.norm_f(u)), new_cache
+    def final_norm(self, u):
+        return self.norm_f(u)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -10,8 +10,44 @@ from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 
+class LayerSizes:
+    """What both architectures' configs answer alike: per-layer blocks and sizes, the table's reachable rows, the dict
+    that rebuilds them (naming the architecture). Each config dataclass adds its fields, checks and `is_routed`."""
+
+    architecture: ClassVar[str]
+
+    @property
+    def reachable_rows(self) -> int:
+        return self.vocab_reachable or self.vocab_size
+
+    def has_ssm(self, layer: int) -> bool:
+        return self.layer_d_inner[layer] > 0
+
+    def has_moe(self, layer: int) -> bool:
+        """Whether the layer has its second block (experts, or a feed-forward block)."""
+        return bool(self.layer_expert_hidden[layer])
+
+    def experts_in(self, layer: int) -> int:
+        return len(self.layer_expert_hidden[layer])
+
+    def top_k_in(self, layer: int) -> int:
+        """top_k never exceeds the experts a layer has left."""
+        return min(self.top_k, self.experts_in(layer))
+
+    def to_dict(self) -> dict:
+        return {"architecture": self.architecture, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        values = {k: v for k, v in values.items() if k != "architecture"}
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"model config has unknown keys: {sorted(unknown)}")
+        return cls(**values)
+
+
 @dataclass
-class IteraLiteConfig:
+class IteraLiteConfig(LayerSizes):
     architecture: ClassVar[str] = "project"
 
     vocab_size: int = 8000
@@ -61,38 +97,9 @@ class IteraLiteConfig:
             if any(h < 1 for h in hidden):
                 raise ValueError(f"model.expert_hidden: every expert needs a size >= 1, got {hidden}")
 
-    @property
-    def reachable_rows(self) -> int:
-        return self.vocab_reachable or self.vocab_size
-
-    def has_ssm(self, layer: int) -> bool:
-        return self.layer_d_inner[layer] > 0
-
-    def has_moe(self, layer: int) -> bool:
-        return bool(self.layer_expert_hidden[layer])
-
-    def experts_in(self, layer: int) -> int:
-        return len(self.layer_expert_hidden[layer])
-
-    def top_k_in(self, layer: int) -> int:
-        """top_k never exceeds the experts a layer has left."""
-        return min(self.top_k, self.experts_in(layer))
-
     def is_routed(self, layer: int) -> bool:
         """Whether the layer's second block routes among experts (always, where it has one)."""
         return self.has_moe(layer)
-
-    def to_dict(self) -> dict:
-        return {"architecture": self.architecture, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> IteraLiteConfig:
-        values = {k: v for k, v in values.items() if k != "architecture"}
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"model config has unknown keys: {sorted(unknown)}")
-        return cls(**values)
 
 
 def parameter_count(cfg: IteraLiteConfig) -> int:

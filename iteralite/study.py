@@ -51,7 +51,7 @@ def imported_config(path: str, top_k: int | None) -> ModelConfig | None:
 @cache
 def _read_imported_config(path: str, size: int, mtime: int, top_k: int | None):
     from .artifacts import CheckpointError
-    from .checkpoint import read_user_checkpoint
+    from .reference.convert import read_user_checkpoint
 
     try:
         model, info = read_user_checkpoint(path, top_k)

@@ -141,7 +141,9 @@ def batch_losses(model: nn.Module, batch: torch.Tensor, cfg: TrainConfig, teache
     if kd_weight > 0:
         with torch.no_grad():
             teacher_hidden = teacher.hidden_states(batch[:, :-1])[0].flatten(0, 1)
-        teacher_weight = teacher.token_embedding.weight
+        # a student whose table lost the rows no token reaches (group vocab) reads the teacher's first rows, the
+        # reachable ones: the same tokens, and the teacher's distribution over them
+        teacher_weight = teacher.token_embedding.weight[: model.cfg.vocab_size]
     head_loss, ce, _ = lm_losses(hidden.flatten(0, 1), model.token_embedding.weight, batch[:, 1:].flatten(),
                                  teacher_hidden, teacher_weight, cfg.distill_temperature, kd_weight)
     return head_loss + (1 - kd_weight) * cfg.aux_loss_weight * balance, ce, balance

@@ -138,9 +138,10 @@ def baseline_inputs(wildcards):
 
 
 def baseline_settings():
-    """A user checkpoint is only checked against the model config; training depends on the train section too. The
-    vocabulary comes from tokenizer.path where the config names one."""
-    tokenizer = ["tokenizer.vocab_size"] + (["tokenizer.path"] if config["tokenizer"].get("path") else [])
+    """The study's model config as the parse works it out (iteralite.study.model_config: the model section with the
+    tokenizer's vocabulary, or an imported checkpoint's sizes), which a user checkpoint is checked against; training
+    depends on the train section too."""
+    model = {"model": study.model_config(config).to_dict()}
     if USER_CHECKPOINT:
-        return config_slice("model", *tokenizer, drop=["model.checkpoint"])
-    return config_slice("train", "model", *tokenizer, "seed", "device", drop=["model.checkpoint"])
+        return model
+    return {**config_slice("train", "seed", "device"), **model}

@@ -74,21 +74,21 @@ def test_user_baseline_checkpoint_is_checked_against_config(tiny_model, tmp_path
     from dataclasses import replace
 
     from iteralite.artifacts import save_torch
-    from iteralite.stages import training
+    from iteralite.stages import user_baseline
 
     tokens = tmp_path / "tokens.pt"
     save_torch(tokens, {"tokens": {}, "tokenizer_sha256": "sha"})
     user = tmp_path / "user.pt"
     save_checkpoint(user, tiny_model, "sha")
     out = tmp_path / "out" / "model.pt"
-    training.use_checkpoint(tiny_model.cfg, str(user), str(tokens), str(out), str(tmp_path / "out" / "curve.csv"))
+    user_baseline.use_checkpoint(tiny_model.cfg, str(user), str(tokens), str(out), str(tmp_path / "out" / "curve.csv"))
     assert load_checkpoint(out)[0].cfg == tiny_model.cfg
     wider = replace(tiny_model.cfg, d_model=64)
     with pytest.raises(CheckpointError, match=f"model.checkpoint {user} does not match the config's model"):
-        training.use_checkpoint(wider, str(user), str(tokens), str(tmp_path / "o2.pt"), str(tmp_path / "c2.csv"))
+        user_baseline.use_checkpoint(wider, str(user), str(tokens), str(tmp_path / "o2.pt"), str(tmp_path / "c2.csv"))
     save_torch(tokens, {"tokens": {}, "tokenizer_sha256": "other"})
     with pytest.raises(CheckpointError, match="trained with another tokenizer"):
-        training.use_checkpoint(tiny_model.cfg, str(user), str(tokens), str(tmp_path / "o3.pt"),
+        user_baseline.use_checkpoint(tiny_model.cfg, str(user), str(tokens), str(tmp_path / "o3.pt"),
                                 str(tmp_path / "c3.csv"))
 
 

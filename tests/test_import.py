@@ -11,8 +11,8 @@ import yaml
 
 from iteralite import study
 from iteralite.artifacts import CheckpointError
-from iteralite.checkpoint import read_user_checkpoint
 from iteralite.reference.config import ReferenceConfig
+from iteralite.reference.convert import read_user_checkpoint
 from iteralite.reference.model import ReferenceIteraLite
 from iteralite.reference.tokenizer import TokenizerError, read_tokenizer
 
@@ -263,6 +263,11 @@ def test_rows_no_token_reaches_are_pruned_leaving_every_reachable_logit_and_lowe
     loss = torch.nn.functional.cross_entropy
     assert loss(pruned_logits.flatten(0, 1), ids[:, 1:].flatten()) < loss(dense_logits.flatten(0, 1),
                                                                           ids[:, 1:].flatten())
+    # distilled from the unpruned model, it reads the teacher's reachable rows: the two agree, nothing to learn
+    from iteralite.train import TrainConfig, batch_losses
+
+    distill = TrainConfig(distill_weight=1.0, distill_temperature=2.0)
+    assert batch_losses(pruned, ids, distill, teacher=model)[0].item() == pytest.approx(0.0, abs=1e-6)
     plan = planner.plan_target(model.cfg, 0.4, {"width": 0.5, "ssm_channels": 0.75, "expert_hidden": 0.75},
                                {}, None)
     counts = planner.plan_counts(model.cfg, plan["ratios"], {})

@@ -273,3 +273,34 @@ def test_a_pruned_reference_model_keeps_its_architecture_through_copy(small):
     assert isinstance(pruned, ReferenceIteraLite) and pruned.cfg.moe_layers == [1]
     assert pruned.cfg.layer_expert_hidden == [[8], [8, 8], [8]] and pruned.cfg.d_model == 16
     assert copy.deepcopy(pruned).cfg == pruned.cfg
+
+
+def test_an_export_with_an_imported_word_level_tokenizer_is_served_without_torch(small, tmp_path):
+    """The export stage carries the study's tokenizer (here an Itera-Lite word-level one, 24 ids in a table of
+    120 rows); serving in a process where `import torch` fails generates what the torch model generates, greedily."""
+    from test_export import outputs, serve_without_torch
+
+    from iteralite.artifacts import save_torch
+    from iteralite.provenance import file_sha256
+    from iteralite.reference.tokenizer import itera_lite_tokenizer
+    from iteralite.stages import export as export_stage
+
+    words = ["<PAD>", "<UNK>", "<BOS>", "<EOS>", *(f"w{i}" for i in range(20))]
+    tokenizer = itera_lite_tokenizer({w: i for i, w in enumerate(words)}, "word")
+    tokenizer_path = tmp_path / "tokenizer.json"
+    tokenizer_path.write_text(tokenizer.to_str())
+    text = " ".join(f"w{(i * 7) % 20} w{i % 13}" for i in range(1500))
+    save_torch(tmp_path / "tokens.pt", {"tokens": {"test": torch.tensor(tokenizer.encode(text).ids)},
+                                        "tokenizer_sha256": file_sha256(tokenizer_path)})
+    save_checkpoint(tmp_path / "m.pt", small, "sha")
+    directory = tmp_path / "export"
+    export_stage.export("baseline/dense", str(tmp_path / "m.pt"), str(tmp_path / "tokens.pt"), str(tokenizer_path),
+                        export.ExportSettings(4, 1000), outputs(directory))
+    run = serve_without_torch(directory, "--prompt", "W3 w5 unknown", "--tokens", 6, "--temperature", 0)
+    assert run.returncode == 0, run.stderr
+    ids = tokenizer.encode("W3 w5 unknown").ids
+    assert ids == [7, 9, 1]
+    with torch.no_grad():
+        for _ in range(6):
+            ids.append(int(small(torch.tensor([ids]))[0][0, -1].argmax()))
+    assert run.stdout.strip() == tokenizer.decode(ids)

@@ -2,5 +2,6 @@
 `models/itera_lite.py`, `ssm.py`, `moe.py`), the model the original compression plan was written for.
 
 config.py holds its sizes (torch-free), model.py its forward and step modes, groups.py its coupled pruning groups,
-onnx.py its ONNX graphs. The rest of the package sees it through `iteralite.architectures`.
+onnx.py its ONNX graphs; convert.py imports a checkpoint the Itera-Lite code wrote, tokenizer.py its tokenizers. The
+rest of the package sees it through `iteralite.architectures`.
 """

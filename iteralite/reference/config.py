@@ -10,12 +10,14 @@ use torch's default 1e-5, as that code does).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import ClassVar
+
+from ..modelconfig import LayerSizes
 
 
 @dataclass
-class ReferenceConfig:
+class ReferenceConfig(LayerSizes):
     architecture: ClassVar[str] = "reference"
 
     vocab_size: int = 8000
@@ -80,37 +82,9 @@ class ReferenceConfig:
                 raise ValueError(f"model: layer {i} is a feed-forward layer (not in model.moe_layers) with "
                                  f"{len(hidden)} experts")
 
-    @property
-    def reachable_rows(self) -> int:
-        return self.vocab_reachable or self.vocab_size
-
-    def has_ssm(self, layer: int) -> bool:
-        return self.layer_d_inner[layer] > 0
-
-    def has_moe(self, layer: int) -> bool:
-        """Whether the layer has its second block (mixture of experts, or feed-forward off moe_layers)."""
-        return bool(self.layer_expert_hidden[layer])
-
     def is_routed(self, layer: int) -> bool:
         """Whether the layer's second block routes among experts (a feed-forward block does not)."""
         return layer in self.moe_layers and self.has_moe(layer)
-
-    def experts_in(self, layer: int) -> int:
-        return len(self.layer_expert_hidden[layer])
-
-    def top_k_in(self, layer: int) -> int:
-        return min(self.top_k, self.experts_in(layer))
-
-    def to_dict(self) -> dict:
-        return {"architecture": self.architecture, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> ReferenceConfig:
-        values = {k: v for k, v in values.items() if k != "architecture"}
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"model config has unknown keys: {sorted(unknown)}")
-        return cls(**values)
 
 
 def parameter_count(cfg: ReferenceConfig) -> int:

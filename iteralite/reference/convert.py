@@ -21,7 +21,8 @@ from collections import Counter
 
 import torch
 
-from ..artifacts import CheckpointError
+from ..artifacts import CheckpointError, load_torch
+from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from .config import ReferenceConfig
 from .model import ReferenceIteraLite
 
@@ -33,6 +34,17 @@ STATISTICS = (".router.expert_counts",)  # buffers the forward never reads
 # Itera-Lite config key -> what it must equal in the sizes read from the tensors
 CONFIG_CHECKS = {"vocab_size": "vocab_size", "hidden_size": "d_model", "num_layers": "n_layers",
                  "ssm_state_size": "d_state", "ssm_conv_kernel": "d_conv", "max_seq_length": "max_seq"}
+
+
+def read_user_checkpoint(path, top_k: int | None) -> tuple:
+    """A user's baseline (`model.checkpoint`): this package's checkpoint, or one the Itera-Lite code wrote, imported
+    as the reference architecture (`top_k` where its file does not say). Returns (model, what the file held)."""
+    blob = load_torch(path, "model.checkpoint")
+    if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:
+        model, meta = load_checkpoint(path, blob=blob)
+        return model, {"format": CHECKPOINT_FORMAT, **meta}
+    model, report = import_checkpoint(blob, path, top_k)
+    return model, {"format": "Itera-Lite", **report}
 
 
 def looks_like_itera_lite(blob) -> bool:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..model import StepGeneration, _embedding, mix_experts
+from ..model import RecurrentMode, _embedding, mix_experts
 from .config import ReferenceConfig
 
 # Positions per chunk of the closed-form scan: the chunk's (b, n, c, c) decay matrix costs c per token and state
@@ -213,7 +213,7 @@ class FeedForwardLayer(nn.Module):
         return u + self.ffn(self.norm(u)), u.new_zeros(())
 
 
-class ReferenceIteraLite(StepGeneration, nn.Module):
+class ReferenceIteraLite(RecurrentMode, nn.Module):
     def __init__(self, cfg: ReferenceConfig):
         super().__init__()
         self.cfg = cfg
@@ -257,7 +257,7 @@ class ReferenceIteraLite(StepGeneration, nn.Module):
         """Everything but the LM head. The balance loss is the sum over the MoE layers, as that code sums it."""
         if idx.shape[1] > self.cfg.max_seq:
             raise ValueError(f"sequence of {idx.shape[1]} tokens exceeds model.max_seq={self.cfg.max_seq}")
-        u = self.embedding(idx) + self.position_embedding(torch.arange(idx.shape[1], device=idx.device))
+        u = self.embed(idx, torch.arange(idx.shape[1], device=idx.device))
         balance = u.new_zeros(())
         for layer in self.layers:
             if "ssm" in layer:
@@ -265,19 +265,10 @@ class ReferenceIteraLite(StepGeneration, nn.Module):
             if "moe" in layer:
                 u, layer_balance = layer["moe"](u)
                 balance = balance + layer_balance
-        return self.norm(u), balance
+        return self.final_norm(u), balance
 
-    def empty_cache(self, batch: int, device=None):
-        return [layer["ssm"].empty_state(batch, device) if "ssm" in layer else None for layer in self.layers]
+    def embed(self, idx, positions):  # (...) ids and their positions -> (..., d)
+        return self.embedding(idx) + self.position_embedding(positions)
 
-    def step(self, token, position: int, cache):  # token: (b,) -> logits (b, v), new cache
-        """Recurrent mode: one token with the conv window and shared scan state of the tokens before it."""
-        u = self.embedding(token) + self.position_embedding(torch.full_like(token, position))
-        new_cache = []
-        for layer, state in zip(self.layers, cache):
-            if "ssm" in layer:
-                u, state = layer["ssm"].step(u, state)
-            if "moe" in layer:
-                u = layer["moe"](u.unsqueeze(1))[0].squeeze(1)
-            new_cache.append(state)
-        return self.head(self.norm(u)), new_cache
+    def final_norm(self, u):
+        return self.norm(u)

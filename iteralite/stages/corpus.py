@@ -39,16 +39,6 @@ def train_tokenizer(train_path: str, vocab_size: int, min_frequency: int, out_pa
     log.info("tokenizer: %d tokens", tokenizer.get_vocab_size())
 
 
-def import_tokenizer(user_path: str, out_path: str) -> None:
-    """The user's tokenizer (tokenizer.path) as a Hugging Face tokenizer.json, the format every later stage reads."""
-    from ..reference.tokenizer import read_tokenizer
-
-    tokenizer, found = read_tokenizer(user_path)
-    write_text(out_path, tokenizer.to_str())
-    log.info("tokenizer: %s from %s (%s), %d tokens", found, user_path, file_sha256(user_path),
-             tokenizer.get_vocab_size())
-
-
 def tokenize(split_paths: list[str], tokenizer_path: str, out_tokens: str, out_stats: str) -> None:
     tokenizer = data.load_tokenizer(tokenizer_path)
     tokens = {}

@@ -10,10 +10,10 @@ import pandas as pd
 import torch
 
 from ..architectures import ModelConfig, build_model
-from ..artifacts import CheckpointError, write_csv
-from ..checkpoint import load_checkpoint, read_user_checkpoint, save_checkpoint
+from ..artifacts import write_csv
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import load_tokens
-from ..provenance import file_sha256, fingerprint
+from ..provenance import fingerprint
 from ..train import Interrupted, TrainConfig, pick_device, train
 
 log = logging.getLogger(__name__)
@@ -51,28 +51,3 @@ def train_model(settings: TrainConfig, device: str, tokens_path: str, out_checkp
     write_csv(out_curve, pd.DataFrame(curve))
     save_checkpoint(out_checkpoint, model, tokenizer_sha, {"steps": len(curve), "device": str(torch_device)})
     resume.unlink(missing_ok=True)
-
-
-def use_checkpoint(model_cfg: ModelConfig, user_checkpoint: str, tokens_path: str, out_checkpoint: str,
-                   out_curve: str) -> None:
-    """A user-supplied baseline, checked against the study's model config and tokenizer, then written as this
-    package's checkpoint: one of its own (trained with the study's tokenizer), or one the Itera-Lite code wrote,
-    imported (its meta says from which file, its SHA-256, the layout found and what was inferred)."""
-    model, found = read_user_checkpoint(user_checkpoint, model_cfg.top_k)
-    expected = model_cfg.to_dict()
-    if found["format"] == "Itera-Lite":  # the rows the study's tokenizer reaches are the study's to say
-        model.cfg.vocab_reachable = model_cfg.vocab_reachable
-    actual = model.cfg.to_dict()
-    if actual != expected:
-        diff = {k: (actual.get(k), v) for k, v in expected.items() if actual.get(k) != v}
-        raise CheckpointError(f"model.checkpoint {user_checkpoint} does not match the config's model: {diff}")
-    _, tokenizer_sha = load_tokens(tokens_path)
-    if found["format"] == "Itera-Lite":
-        meta = {"imported": {"file": Path(user_checkpoint).name, "sha256": file_sha256(user_checkpoint),
-                             **{k: v for k, v in found.items() if k != "format"}}}
-    elif found.get("tokenizer_sha256") != tokenizer_sha:
-        raise CheckpointError(f"model.checkpoint {user_checkpoint} was trained with another tokenizer")
-    else:
-        meta = found.get("meta")
-    write_csv(out_curve, pd.DataFrame(columns=["step", "train_loss", "val_ppl"]))
-    save_checkpoint(out_checkpoint, model, tokenizer_sha, meta)
