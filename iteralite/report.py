@@ -483,7 +483,8 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
         "<h2>Findings</h2>", "".join(f"<p>{html.escape(line)}</p>" for line in findings(families)),
         "<h2>Workflow</h2>", rulegraph_plot(open(inputs["rulegraph"], encoding="utf-8").read()),
         "<h2>Summary</h2><p>One row per model and seed (results/metrics/summary.csv).</p>",
-        test_tokens_note(summary, config), table_html(display(everything, drop=["family"])),
+        test_tokens_note(summary, config, analysis["config"]["max_seq"]),
+        table_html(display(everything, drop=["family"])),
         "<h2>Plan vs measured</h2><p>The original plan's expected results beside the best fine-tuned recipe of this "
         "study (lowest mean test perplexity over its seeds), against the fp32 baseline. Source: "
         f"{html.escape(plan['source'])}, quoted in report/plan_expectations.yaml.</p>",
@@ -545,10 +546,11 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
     write_text(out_path, page)
 
 
-def test_tokens_note(summary: pd.DataFrame, config: dict) -> str:
+def test_tokens_note(summary: pd.DataFrame, config: dict, max_seq: int) -> str:
     """Says so when the test split held fewer tokens than the study's budget (`evaluate.test_tokens`). Perplexity
-    scores whole windows of max_seq tokens, so a full budget scores more than budget - max_seq tokens."""
-    budget, window = config["evaluate"]["test_tokens"], config["model"]["max_seq"]
+    scores whole windows of max_seq tokens (the baseline's: an imported one has its own), so a full budget scores
+    more than budget - max_seq tokens."""
+    budget, window = config["evaluate"]["test_tokens"], max_seq
     scored = int(summary["test_tokens"].min())
     if scored + window > budget:
         return ""

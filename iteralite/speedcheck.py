@@ -46,7 +46,8 @@ def main(argv: list[str]) -> None:
     threads = int(argv[1]) if len(argv) > 1 else config["benchmark"]["threads"]
     torch.set_num_threads(threads)
     models = build_models(config)
-    tokens = torch.randint(0, config["tokenizer"]["vocab_size"], (200_000,), generator=torch.Generator().manual_seed(0))
+    rows = next(iter(models.values())).cfg.reachable_rows
+    tokens = torch.randint(0, rows, (200_000,), generator=torch.Generator().manual_seed(0))
     settings = config["benchmark"]
     cpu = torch.device("cpu")
     speed, latency = bench.measure(bench.torch_runners(models), tokens, settings["batch_size"], 7, settings["contexts"],

@@ -122,8 +122,9 @@ def time_steps(steps: dict, batches: list[torch.Tensor], variants: dict, device:
 
 def bench_size(config: dict, size: str, device: torch.device, repeats: int) -> dict[str, float]:
     overrides, batch_size, seq = SIZES[size]
-    model_cfg = IteraLiteConfig(vocab_size=config["tokenizer"]["vocab_size"],
-                                **{**{k: v for k, v in config["model"].items() if k != "checkpoint"}, **overrides})
+    # the project's model at the config's sizes; the reference architecture at the same sizes is timed beside it
+    sizes = {k: v for k, v in config["model"].items() if k not in ("checkpoint", "architecture", "moe_layers")}
+    model_cfg = IteraLiteConfig(vocab_size=config["tokenizer"]["vocab_size"], **{**sizes, **overrides})
     batch_size = batch_size or config["train"]["batch_size"]
     cfg = TrainConfig.from_dict({**config["train"], "seed": 0, "batch_size": batch_size})
     seq = seq or model_cfg.max_seq
@@ -138,10 +139,10 @@ def bench_size(config: dict, size: str, device: torch.device, repeats: int) -> d
     reference_arch = ReferenceIteraLite(ReferenceConfig(vocab_size=model_cfg.vocab_size, **{
         k: getattr(model_cfg, k) for k in ("d_model", "n_layers", "max_seq", "d_inner", "d_state", "d_conv",
                                            "n_experts", "expert_hidden", "top_k")})).to(device)
-    variants = {**variants, "architecture": variants[project]}
     # The CPU reference scan last and shorter, so that its (l, b, di, n) tensors do not count in the peak.
     timed = {name: v for name, v in variants.items() if device.type == "cuda" or name != "reference"}
     steps = {name: make_step(copy.deepcopy(dense), cfg, device, variants[name], seq) for name in timed}
+    variants = {**variants, "architecture": variants[project]}
     steps["architecture"] = make_step(reference_arch, cfg, device, variants["architecture"], seq)
     time_steps(steps, batches[:2], variants, device)  # warm-up: compilation (cached on disk), first allocations
     times = time_steps(steps, batches[2:], variants, device)

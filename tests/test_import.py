@@ -118,6 +118,7 @@ def test_int8_dynamically_quantized_linears_are_dequantized(original, tmp_path):
     (lambda s, c: c.__setitem__("top_k_experts", 4), "top_k=4 (the file's config (top_k_experts)) exceeds the 3 "
                                                      "experts of layer 1"),
     (lambda s, c: s.pop("layers.2.ssm.ssm.A_log"), "its tensors contradict each other: Missing key(s)"),
+    (lambda s, c: c.__setitem__("top_k_experts", "2"), "its config's top_k_experts is '2', not a positive integer"),
     (lambda s, c: s.__setitem__("layers.0.ssm.ssm.D", torch.zeros(64, dtype=torch.int64)),
      "layers.0.ssm.ssm.D is a Tensor of torch.int64, not a floating-point tensor"),
 ])

@@ -13,9 +13,15 @@ A `Group` lists every tensor slice that must go when one of its channels goes (a
 - width (d_model): embedding and position-embedding columns, every d_model-wide norm, in_proj and router and w1
   columns, out_proj and w2 rows (and w2 bias);
 - ssm_blocks, moe_blocks (depth): one channel per layer that has such a block; removing it removes every tensor of
-  the block, and the residual stream passes the layer unchanged.
-Never pruned: the SSM state dimension (A_log, the n axis of B and C) and the vocabulary.
+  the block, and the residual stream passes the layer unchanged;
+- vocab (where the tokenizer reaches fewer rows than the table has): the rows past its ids, which go at every target.
+Never pruned: the SSM state dimension (A_log, the n axis of B and C) and the rows a token id reaches.
+These are the project architecture's groups; the reference architecture declares its own, of the same kinds
+(iteralite/reference/groups.py).
 
-Pruning slices the state dict and rebuilds an ordinary IteraLite from a smaller config: nothing is masked. Its outputs
-equal the dense model's with the same channels masked to zero (`masked_model`, the reference the tests compare with).
+Pruning slices the state dict and rebuilds an ordinary model of the same architecture from a smaller config: nothing
+is masked. In the project's architecture its outputs equal the dense model's with the same channels masked to zero
+(`masked_model`, the semantics the tests compare with); in the reference architecture they do for hidden units,
+experts and blocks, and for SSM channels and width once the step size and the LayerNorms take only the survivors
+(docs/design.md, "Two architectures").
 """

@@ -99,8 +99,9 @@ def plan_target(cfg: ModelConfig, target, bounds: dict[str, float], round_to: di
 
 
 def _kind_share(cfg: ModelConfig, kind: str) -> float:
-    """Fraction of all parameters that pruning this kind alone completely (to one channel) would remove."""
-    return removed_fraction(cfg, {kind: 1.0}, {})
+    """Fraction of all parameters that pruning this kind alone completely (to one channel) would remove (beyond the
+    rows no token reaches, which go at every target)."""
+    return removed_fraction(cfg, {kind: 1.0}, {}) - removed_fraction(cfg, {}, {})
 
 
 def _levels(size: int, cap: float, multiple: int) -> list[float]:

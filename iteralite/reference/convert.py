@@ -165,6 +165,9 @@ def _infer_config(state: dict, file_config: dict, study_top_k: int | None, path)
     hidden = [h for sizes in layer_hidden for h in sizes]
     if "top_k_experts" in file_config:
         top_k, top_k_source = file_config["top_k_experts"], "the file's config (top_k_experts)"
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise CheckpointError(f"model.checkpoint {path}: its config's top_k_experts is {top_k!r}, not a "
+                                  "positive integer")
     else:
         top_k, top_k_source = study_top_k, "the study's model.top_k (the file has no config)"
     for i in moe_layers:
@@ -187,7 +190,8 @@ def _infer_config(state: dict, file_config: dict, study_top_k: int | None, path)
     try:
         cfg = ReferenceConfig(
             **sizes, d_inner=Counter(layer_d_inner).most_common(1)[0][0],
-            n_experts=max(routed, default=max(top_k or 1, 1)), expert_hidden=Counter(hidden).most_common(1)[0][0],
+            n_experts=max(routed, default=max(top_k or 1, 1)),
+            expert_hidden=Counter(hidden).most_common(1)[0][0] if hidden else 1,  # every layer lost its block
             top_k=top_k, moe_layers=moe_layers, norm_eps=float(file_config.get("layer_norm_eps", 1e-5)),
             layer_d_inner=layer_d_inner, layer_expert_hidden=layer_hidden)
     except (ValueError, TypeError) as err:
