@@ -25,9 +25,9 @@ from ..model import RecurrentMode, _embedding, mix_experts
 from .config import ReferenceConfig
 
 # Positions per chunk of the closed-form scan: the chunk's (b, n, c, c) decay matrix costs c per token and state
-# entry, the loop over chunks l / c Python steps. At batch 32 x 128, 256 channels, state 8, one thread, forward and
-# backward of one layer took 30 / 22 / 25 / 30 / 47 / 86 ms at c = 4 / 8 / 16 / 32 / 64 / 128 (13 ms of it outside
-# the recurrence); 16 keeps the loop short at longer windows too.
+# entry, the loop over chunks l / c Python steps. `python tools/reference_scan_chunks.py` (batch 32 x 128, 256
+# channels, state 8, one thread, forward and backward of one layer): 34 / 24 / 25 / 22 / 40 / 71 ms at c = 4 / 8 /
+# 16 / 32 / 64 / 128, 8 ms of it outside the recurrence; 8-32 are level, 16 keeps the loop short at longer windows.
 CHUNK = 16
 
 
