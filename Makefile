@@ -6,17 +6,32 @@ CORES ?= 2
 
 .PHONY: run test setup lock lint bench bench-train slurm-up slurm-down clean
 
-# The environment comes from requirements.lock (every package pinned, with its SHA-256): the same on every machine.
-$(VENV)/.installed: pyproject.toml requirements.lock
-	python3 -m venv $(VENV)
+# The environment comes from a lock (every package pinned, with its SHA-256): the same on every machine. A lock
+# holds wheels for the Python and platform its header names (CPython 3.11, Linux x86_64; tools/lock.py), which
+# tools/check_platform.py checks first. TORCH=cpu (the default): requirements.lock, whose torch is the CPU build from
+# the index its header names (torch-index: PyTorch's CPU index), everything else from PyPI. TORCH=cuda: requirements-cuda.lock,
+# torch's CUDA build with its NVIDIA libraries, all from PyPI, for a cluster with a GPU partition (one venv serves
+# its CPU and GPU jobs: docs/slurm.md). A change of lock or of TORCH makes the venv afresh.
+PYTHON ?= python3
+TORCH ?= cpu
+LOCK := $(if $(filter cuda,$(TORCH)),requirements-cuda.lock,requirements.lock)
+TORCH_INDEX := $(shell sed -n 's/^\# torch-index: //p' $(LOCK))
+
+$(VENV)/.installed-$(TORCH): pyproject.toml $(LOCK)
+	@$(PYTHON) tools/check_platform.py $(LOCK)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet pip==26.3
-	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+	grep '^torch==' $(LOCK) > $(VENV)/torch.lock
+	$(PY) -m pip install --quiet --require-hashes --no-deps $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) \
+		-r $(VENV)/torch.lock
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e '.[test]'
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv and install the locked environment and the package
+setup: $(VENV)/.installed-$(TORCH)  ## create .venv and install the locked environment and the package (TORCH=cuda: the GPU build)
 
-lock: setup  ## resolve pyproject.toml afresh: rewrite requirements.lock and the pins of envs/iteralite.yaml
+lock: setup  ## resolve pyproject.toml afresh: rewrite requirements.lock, requirements-cuda.lock and envs/iteralite.yaml
 	$(PY) tools/lock.py
 
 run: setup  ## run the default study locally; leaves results/report.html

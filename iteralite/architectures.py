@@ -49,3 +49,9 @@ def build_model(cfg: ModelConfig):
     else:
         from .model import IteraLite as model_class
     return model_class(cfg)
+
+
+def differences(found: ModelConfig, expected: ModelConfig) -> dict[str, tuple]:
+    """key -> (found, expected) for every size in which a checkpoint's model differs from the study's."""
+    actual = found.to_dict()
+    return {key: (actual.get(key), value) for key, value in expected.to_dict().items() if actual.get(key) != value}

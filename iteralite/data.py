@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from . import corpusfiles
 from .artifacts import load_torch
 from .paths import EMBEDDED_CORPUS
 
@@ -41,19 +42,11 @@ def load_documents(corpus_cfg: dict) -> list[str]:
 def _load_local_files(paths: list[str], field: str) -> list[str]:
     import datasets
 
-    if not paths:
-        raise DataError("corpus.paths must list at least one file when corpus.source is 'files'")
-    for path in paths:
-        if not os.path.isfile(path):
-            raise DataError(f"corpus.paths: file not found: {path}")
-        if os.path.getsize(path) == 0:
-            raise DataError(f"corpus.paths: file is empty: {path}")
-    suffix = Path(paths[0]).suffix.lower()
-    builder = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
-    if builder is None:
-        raise DataError(
-            f"corpus.paths: unsupported file type {suffix!r} ({paths[0]}); use .txt, .json, .jsonl or .parquet"
-        )
+    try:  # what the parse checked; a file may have changed since
+        corpusfiles.check_files(paths, field)
+    except corpusfiles.CorpusFileError as err:
+        raise DataError(str(err)) from None
+    builder = corpusfiles.builder_of(paths)
     if builder == "text":
         # One document per file: paragraphs of a book must stay in order for contiguous splits.
         docs = []

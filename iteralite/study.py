@@ -10,8 +10,8 @@ import dataclasses
 import os
 from functools import cache
 
-from . import naming
-from .architectures import ModelConfig, config_from_dict
+from . import corpusfiles, naming
+from .architectures import ModelConfig, config_from_dict, differences
 from .paths import EMBEDDED_CORPUS
 from .pruning.planner import PlanError, plan_target
 
@@ -41,15 +41,22 @@ def model_config(config: dict) -> ModelConfig:
 
 def imported_config(path: str, top_k: int | None) -> ModelConfig | None:
     """The config of an Itera-Lite checkpoint named by model.checkpoint (None for this package's own checkpoints,
-    which must match the model section); read when the workflow is parsed, so torch is imported only then."""
+    which must match the model section)."""
+    cfg, file_format = checkpoint_config(path, top_k)
+    return cfg if file_format == "Itera-Lite" else None
+
+
+def checkpoint_config(path: str, top_k: int | None) -> tuple[ModelConfig, str]:
+    """(its model's config, its format) of the file model.checkpoint names, read in full (iteralite.reference.convert:
+    no code runs, every tensor checked) when the workflow is parsed, so torch is imported only then."""
     if not os.path.isfile(path):
         raise ConfigError(f"model.checkpoint: file not found: {path}")
     stat = os.stat(path)
-    return _read_imported_config(os.path.abspath(path), stat.st_size, stat.st_mtime_ns, top_k)
+    return _read_checkpoint_config(os.path.abspath(path), stat.st_size, stat.st_mtime_ns, top_k)
 
 
 @cache
-def _read_imported_config(path: str, size: int, mtime: int, top_k: int | None):
+def _read_checkpoint_config(path: str, size: int, mtime: int, top_k: int | None) -> tuple[ModelConfig, str]:
     from .artifacts import CheckpointError
     from .reference.convert import read_user_checkpoint
 
@@ -59,7 +66,7 @@ def _read_imported_config(path: str, size: int, mtime: int, top_k: int | None):
         message = str(err)
         raise ConfigError(message if message.startswith("model.checkpoint") else f"model.checkpoint: {message}") \
             from None
-    return model.cfg if info["format"] == "Itera-Lite" else None
+    return model.cfg, info["format"]
 
 
 def tokenizer_rows(tokenizer: dict) -> int:
@@ -122,10 +129,12 @@ def _sorted(value):
 
 def importance_keys(config: dict, criterion: str) -> list[str]:
     """The config keys a criterion's scores depend on (never the targets; the seed comes with the file name). Every
-    criterion but random reads calibration batches: blocks are scored by the loss their skipping causes."""
+    criterion but random reads calibration batches, on the config's device: blocks are scored by the loss their
+    skipping causes."""
     if criterion == "random":
         return []
-    return ["pruning.expert_criterion", "pruning.calibration_batches", "train.batch_size", "train.aux_loss_weight"]
+    return ["pruning.expert_criterion", "pruning.calibration_batches", "train.batch_size", "train.aux_loss_weight",
+            "device"]
 
 
 def pruned_variants(config: dict) -> dict[str, dict]:
@@ -254,11 +263,10 @@ def validate(config: dict) -> None:
         raise ConfigError(f"model.top_k={cfg.top_k} exceeds model.n_experts={cfg.n_experts}")
     corpus = config["corpus"]
     if corpus["source"] == "files":
-        if not corpus.get("paths"):
-            raise ConfigError("corpus.paths must list at least one file when corpus.source is 'files'")
-        for path in corpus["paths"]:
-            if not os.path.isfile(path):
-                raise ConfigError(f"corpus.paths: file not found: {path}")
+        try:
+            corpusfiles.check_files(corpus.get("paths") or [], corpus["text_field"])
+        except corpusfiles.CorpusFileError as err:
+            raise ConfigError(str(err)) from None
     if corpus["source"] == "hub" and not corpus.get("hub_name"):
         raise ConfigError("corpus.hub_name must name a dataset when corpus.source is 'hub'")
     _check_import(config, cfg)
@@ -279,11 +287,16 @@ def validate(config: dict) -> None:
 
 
 def _check_import(config: dict, cfg: ModelConfig) -> None:
-    """A user's checkpoint and tokenizer: they fit each other and the study's windows."""
+    """A user's checkpoint: one of this package's has the model section's sizes; an Itera-Lite one and the user's
+    tokenizer fit each other and the study's windows."""
     checkpoint, tokenizer_path = config["model"].get("checkpoint"), config["tokenizer"].get("path")
     if not checkpoint:
         return
-    imported = imported_config(checkpoint, config["model"].get("top_k")) is not None
+    found, file_format = checkpoint_config(checkpoint, config["model"].get("top_k"))
+    imported = file_format == "Itera-Lite"
+    if not imported and differences(found, cfg):
+        raise ConfigError(f"model.checkpoint {checkpoint} does not match the config's model (found, config): "
+                          f"{differences(found, cfg)}")
     if imported and not tokenizer_path:
         raise ConfigError(f"model.checkpoint {checkpoint} is an Itera-Lite checkpoint: tokenizer.path must name the "
                           "tokenizer it was trained with")

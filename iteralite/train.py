@@ -75,19 +75,25 @@ class TrainConfig:
         return min(budgets)
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    """The config's `device`: auto (CUDA when visible), cpu or cuda; cuda with no visible device fails here, at the
-    start of the job, with what a user needs to find out why."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        build = "this torch build has CUDA" if torch.backends.cuda.is_built() else "this torch build has no CUDA"
-        raise RuntimeError(
-            f"device: cuda, but no CUDA device is visible on host {socket.gethostname()} "
-            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, {build}); on Slurm, check that "
-            "the job's gres request was granted, or set device: auto or cpu"
-        )
-    return torch.device(requested)
+def pick_device(requested: str = "auto", holds_gpu: bool = False) -> torch.device:
+    """The config's `device`: auto (CUDA when visible), cpu or cuda. A job that needs a GPU and sees none fails
+    here, at its start, in one line that says where to look: `cuda` with no visible device, and `auto` in a job
+    that holds a GPU (its resources ask for one, as the Slurm profile's training rules do), which would otherwise run
+    on the CPU while its GPU idles."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "auto" and not holds_gpu:
+        return torch.device("cpu")
+    why = "device: cuda" if requested == "cuda" else "device: auto in a job that holds a GPU"
+    build = ("this torch build has CUDA" if torch.backends.cuda.is_built()
+             else f"torch {torch.__version__} is a CPU build: make setup TORCH=cuda, docs/slurm.md")
+    raise RuntimeError(
+        f"{why}, but no CUDA device is visible on host {socket.gethostname()} "
+        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, {build}); on Slurm, check that "
+        "the job's gres request was granted, or set device: cpu"
+    )
 
 
 def lr_factor(step: int, total: int, warmup_steps: int, min_ratio: float) -> float:

@@ -44,3 +44,9 @@ def workflow_file(snakemake, name: str) -> str:
     `provenance.files_digest`): found from the job's script, which lies in scripts/ there, and not from the job's
     working directory, which may be another (`--directory`)."""
     return os.path.join(os.path.dirname(os.path.normpath(snakemake.scriptdir)), name)
+
+
+def holds_gpu(resources) -> bool:
+    """Whether the job asked its executor for a GPU, as the Slurm executor plugin reads a request: a `gres` naming
+    one (the Slurm profile's "gpu:1") or a `gpu` count. `resources` is the job's snakemake.resources."""
+    return "gpu" in str(resources.get("gres", "") or "").lower() or int(resources.get("gpu", 0) or 0) > 0

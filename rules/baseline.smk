@@ -51,7 +51,7 @@ rule evaluate:
     output:
         metrics="results/metrics/models/{stage}/{variant}.json",
     params:
-        settings=config_slice("evaluate"),
+        settings=config_slice("evaluate", "device"),
         code=code_of("evaluate"),
     threads: 1
     conda:

@@ -115,7 +115,7 @@ def prune_settings(wildcards):
     variant = variant_of(wildcards)
     if variant["steps"] == 1:
         return config_slice("pruning.bounds", "pruning.round_to", "pruning.pressure")
-    keys = ["pruning.bounds", "pruning.round_to", "pruning.pressure", "pruning.recovery_steps", "finetune"]
+    keys = ["pruning.bounds", "pruning.round_to", "pruning.pressure", "pruning.recovery_steps", "finetune", "device"]
     keys += study.importance_keys(config, variant["criterion"])
     return config_slice(*keys, drop=["finetune.control", "finetune.methods", "finetune.max_steps"])
 

@@ -20,7 +20,7 @@ rule benchmark:
     params:
         models=BENCHMARKED,
         exported=EXPORTED,
-        settings=config_slice("benchmark"),
+        settings=config_slice("benchmark", "device"),
         code=code_of("benchmark"),
     threads: 2
     conda:

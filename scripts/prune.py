@@ -1,6 +1,6 @@
 from iteralite import workflow
 from iteralite.stages import pruning
-from iteralite.train import TrainConfig
+from iteralite.train import TrainConfig, pick_device
 
 workflow.start(snakemake)  # noqa: F821
 params, inp, out = snakemake.params, snakemake.input, snakemake.output  # noqa: F821
@@ -14,8 +14,9 @@ else:
     if "calibration_batches" in shape:
         calibration = {"batches": shape["calibration_batches"], "batch_size": settings["train"]["batch_size"],
                        "aux_loss_weight": settings["train"]["aux_loss_weight"]}
+    device = pick_device(settings["device"], workflow.holds_gpu(snakemake.resources))  # noqa: F821
     recovery = TrainConfig.from_dict({**settings["finetune"], "max_steps": shape["recovery_steps"],
                                       "eval_every": shape["recovery_steps"], "seed": variant["seed"]})
     pruning.prune_in_steps(name, variant["criterion"], variant["target"], variant["steps"], shape["bounds"],
                            shape["round_to"], shape["pressure"], inp.checkpoint, inp.scores, inp.tokens, calibration,
-                           shape.get("expert_criterion"), variant["seed"], recovery, out.checkpoint, out.stats)
+                           shape.get("expert_criterion"), variant["seed"], recovery, device, out.checkpoint, out.stats)

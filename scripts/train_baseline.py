@@ -1,7 +1,7 @@
 from iteralite import workflow
 from iteralite.architectures import config_from_dict
 from iteralite.stages import training, user_baseline
-from iteralite.train import TrainConfig
+from iteralite.train import TrainConfig, pick_device
 
 workflow.start(snakemake)  # noqa: F821
 settings, inp, out = snakemake.params.settings, snakemake.input, snakemake.output  # noqa: F821
@@ -10,5 +10,6 @@ model_cfg = config_from_dict(settings["model"])
 if "user_checkpoint" in inp.keys():
     user_baseline.use_checkpoint(model_cfg, inp.user_checkpoint, inp.tokens, out.checkpoint, out.curve)
 else:
-    training.train_model(TrainConfig.from_dict({**settings["train"], "seed": settings["seed"]}), settings["device"],
+    device = pick_device(settings["device"], workflow.holds_gpu(snakemake.resources))  # noqa: F821
+    training.train_model(TrainConfig.from_dict({**settings["train"], "seed": settings["seed"]}), device,
                          inp.tokens, out.checkpoint, out.curve, model_cfg=model_cfg)

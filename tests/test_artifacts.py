@@ -120,3 +120,21 @@ def test_cuda_device_that_is_not_there_is_named_at_once():
     with pytest.raises(RuntimeError, match=r"device: cuda, but no CUDA device is visible on host .+ "
                                            r"\(CUDA_VISIBLE_DEVICES="):
         pick_device("cuda")
+
+
+def test_a_job_that_holds_a_gpu_and_sees_none_fails_instead_of_running_on_the_cpu():
+    from snakemake.iocontainers import ResourceList
+
+    from iteralite.train import pick_device
+    from iteralite.workflow import holds_gpu
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    slurm_training = ResourceList(fromdict={"_cores": 8, "gres": "gpu:1", "mem_mb": 4000})
+    assert holds_gpu(slurm_training) and holds_gpu(ResourceList(fromdict={"gpu": 2}))
+    assert not holds_gpu(ResourceList(fromdict={"_cores": 2, "mem_mb": 2000, "gres": "tmpdisk:10"}))
+    with pytest.raises(RuntimeError, match=r"^device: auto in a job that holds a GPU, but no CUDA device is visible "
+                                           r"on host .+torch .+ is a CPU build: make setup TORCH=cuda"):
+        pick_device("auto", holds_gpu(slurm_training))
+    assert pick_device("cpu", holds_gpu=True).type == "cpu"  # asked for in so many words
+    assert pick_device("auto", holds_gpu=False).type == "cpu"

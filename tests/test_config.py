@@ -211,3 +211,67 @@ def test_profile_groups_must_name_rules_and_groups_of_the_workflow():
         study.check_groups({"evalute": "models"}, {}, rules)
     with pytest.raises(ConfigError, match=r"group-components .* names \['model'\], which no rule is grouped into"):
         study.check_groups({"evaluate": "models"}, {"model": 100}, rules)
+
+
+def corpus_of(*paths, text_field="text") -> dict:
+    config = with_change("corpus.source", "files")
+    config["corpus"] |= {"paths": [str(p) for p in paths], "text_field": text_field}
+    return config
+
+
+def test_corpus_files_are_read_as_far_as_their_first_bytes_when_the_workflow_is_parsed(tmp_path):
+    """Type, encoding and text field are refused before any job runs, each naming the key and the file."""
+    import pandas as pd
+
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (tmp_path / "book.txt").write_text("It was a dark and stormy night.\n")
+    (tmp_path / "notes.csv").write_text("text\nhello\n")
+    (tmp_path / "body.jsonl").write_text('{"body": "one story"}\n{"body": "two"}\n')
+    (tmp_path / "fake.parquet").write_text("not parquet")
+    pd.DataFrame({"body": ["one story"]}).to_parquet(tmp_path / "body.parquet")
+    refusals = [
+        (corpus_of(tmp_path / "latin1.txt"), f"corpus.paths: {tmp_path / 'latin1.txt'} is not UTF-8 text "
+                                             "(invalid continuation byte at byte 3)"),
+        (corpus_of(tmp_path / "notes.csv"), f"corpus.paths: unsupported file type '.csv' ({tmp_path / 'notes.csv'})"),
+        (corpus_of(tmp_path / "book.txt", tmp_path / "body.jsonl"),
+         "corpus.paths: files of types .jsonl, .txt in one corpus"),
+        (corpus_of(tmp_path / "body.jsonl"), f"corpus.text_field 'text' is not a key of the first record of "
+                                             f"{tmp_path / 'body.jsonl'} (its keys: ['body'])"),
+        (corpus_of(tmp_path / "body.parquet"), f"corpus.text_field 'text' is not a column of "
+                                               f"{tmp_path / 'body.parquet'} (columns: ['body'])"),
+        (corpus_of(tmp_path / "fake.parquet"), f"corpus.paths: {tmp_path / 'fake.parquet'} is not a Parquet file"),
+    ]
+    for config, expected in refusals:
+        with pytest.raises(ConfigError) as err:
+            study.check(config)
+        assert str(err.value).startswith(expected), str(err.value)
+    for good in (corpus_of(tmp_path / "book.txt"), corpus_of(tmp_path / "body.jsonl", text_field="body"),
+                 corpus_of(tmp_path / "body.parquet", text_field="body")):
+        study.check(good)
+
+
+def test_the_parse_reads_corpus_files_without_torch_or_datasets(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "book.jsonl").write_text('{"text": "It was a dark and stormy night."}\n')
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(corpus_of(tmp_path / "book.jsonl")))
+    code = ("import sys, yaml\nfrom iteralite import study\n"
+            "study.check(yaml.safe_load(open(sys.argv[1])))\n"
+            "print(sorted(m for m in ('torch', 'datasets') if m in sys.modules))\n")
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "config.yaml")], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout == "[]\n", run.stderr
+
+
+def test_a_checkpoint_of_other_sizes_than_the_model_section_is_refused_when_parsed(tiny_model, tmp_path):
+    from iteralite.architectures import build_model
+    from iteralite.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "base.pt", tiny_model, "sha")
+    config = with_change("model.checkpoint", str(tmp_path / "base.pt"))
+    with pytest.raises(ConfigError, match=rf"^model\.checkpoint {tmp_path / 'base.pt'} does not match the config's "
+                                          rf"model \(found, config\): \{{'vocab_size': \({tiny_model.cfg.vocab_size}, "
+                                          rf"8000\), 'd_model': \({tiny_model.cfg.d_model}, 128\)"):
+        study.check(config)
+    save_checkpoint(tmp_path / "same.pt", build_model(study.model_config(DEFAULT)), "sha")
+    study.check(with_change("model.checkpoint", str(tmp_path / "same.pt")))  # the tokenizer is checked in the job

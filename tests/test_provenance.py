@@ -171,8 +171,9 @@ def signal_once(monkeypatch, signum: int, step: int) -> None:
 
 def run(out, inputs, settings=RUN, model_cfg=None, teacher=False):
     """A fine-tune from inputs["init"] (a baseline of `model_cfg` when given) into `out`, as the rules run it."""
-    training.train_model(settings, "cpu", str(inputs["tokens"]), str(out / "model.pt"), str(out / "curve.csv"),
-                         model_cfg=model_cfg, init_checkpoint=None if model_cfg else str(inputs["init"]),
+    training.train_model(settings, torch.device("cpu"), str(inputs["tokens"]), str(out / "model.pt"),
+                         str(out / "curve.csv"), model_cfg=model_cfg,
+                         init_checkpoint=None if model_cfg else str(inputs["init"]),
                          teacher_checkpoint=str(inputs["teacher"]) if teacher else None)
 
 

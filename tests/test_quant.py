@@ -103,7 +103,8 @@ def test_int4_test_perplexity_does_not_depend_on_which_path_is_faster(tiny_model
     for kernel_wins in (True, False):
         monkeypatch.setattr(quant, "kernel_wins", lambda layers, kernel_wins=kernel_wins: kernel_wins)
         out = tmp_path / f"{kernel_wins}.json"
-        evaluate.evaluate("int4-baseline/dense", str(tmp_path / "m.pt"), str(tmp_path / "tokens.pt"), 2000, str(out))
+        evaluate.evaluate("int4-baseline/dense", str(tmp_path / "m.pt"), str(tmp_path / "tokens.pt"), 2000,
+                          torch.device("cpu"), str(out))
         results.append(json.loads(out.read_text())["test_ppl"])
     assert results[0] == results[1]
     kernel = quant.load_quantized(tmp_path / "m.pt", path_mode="kernel")

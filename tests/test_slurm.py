@@ -1,9 +1,9 @@
 """The workflow through profiles/slurm on a real single-node Slurm cluster (tools/slurm-cluster.sh).
 
-Skipped where the cluster cannot be started (not root, no apt). The profile is the real one, its `gres: gpu:1`
-requests included (the cluster declares one GPU generic resource), with only the CPUs, memory and time that exceed
-the CI node scaled down. Snakemake runs through tests/snakemake_fast_status.py, which checks the jobs' status every
-2 s instead of the plugin's growing back-off.
+Skipped where the cluster cannot be started (not root, no apt, or a Slurm configuration the script did not write).
+The profile is the real one, its `gres: gpu:1` requests included (the cluster declares one GPU generic resource),
+with only the CPUs, memory and time that exceed the CI node scaled down. Snakemake runs through
+tests/snakemake_fast_status.py, which checks the jobs' status every 2 s instead of the plugin's growing back-off.
 """
 
 import os
@@ -34,6 +34,8 @@ def cluster():
         pytest.skip("the local Slurm cluster needs root and apt-get")
     up = subprocess.run(["bash", str(ROOT / "tools/slurm-cluster.sh"), "up"], capture_output=True, text=True,
                         timeout=900)
+    if up.returncode == 3:  # the machine has a Slurm configuration of its own, which the script leaves alone
+        pytest.skip(up.stderr.strip())
     assert up.returncode == 0, up.stdout + up.stderr
     yield
     subprocess.run(["bash", str(ROOT / "tools/slurm-cluster.sh"), "down"], capture_output=True, timeout=60)
@@ -149,6 +151,25 @@ def test_a_study_on_slurm(cluster, tmp_path):
         ("rule_models_evaluate_export_quantize", "cpu", []),
         ("rule_benchmark", "cpu", []),
     ]), submissions
+
+
+def test_a_training_job_that_holds_a_gpu_it_cannot_see_fails_at_its_start(cluster, study, tmp_path):
+    """`device: auto` in a job that was granted the profile's gres gpu:1 and sees no CUDA device (this node's GPU is
+    a generic resource with nothing behind it, the venv's torch a CPU build) fails at once, in one line, instead of
+    training on the CPU while the GPU idles."""
+    workdir = copy_of_study(study, tmp_path / "study")
+    run = subprocess.run(["timeout", "-k", "10", "600", sys.executable, str(ROOT / "tests/snakemake_fast_status.py"),
+                          "--profile", str(ci_profile(tmp_path / "profile")), "--retries", "0",
+                          "results/models/baseline/dense/model.pt", "--configfile", "config/ci.yaml",
+                          "--config", "device=auto"], cwd=workdir, capture_output=True, text=True,
+                         env=project_env(workdir))
+    assert run.returncode != 0, run.stdout[-3000:]
+    log = (workdir / "logs/train_baseline.log").read_text()
+    failure = [line for line in log.splitlines() if " ERROR " in line]
+    assert failure and re.search(r"failed: RuntimeError: device: auto in a job that holds a GPU, but no CUDA device "
+                                 r"is visible on host \S+ \(CUDA_VISIBLE_DEVICES=\S+, torch \S+ is a CPU build: "
+                                 r"make setup TORCH=cuda", failure[0]), log[-3000:]
+    assert "step 1/" not in log  # it trained nothing
 
 
 # The control fine-tune of the tiny study, made long: 5400 steps of about 20 ms here, past its one-minute time limit

@@ -198,7 +198,7 @@ from iteralite.stages import training
 from iteralite.train import TrainConfig
 settings = TrainConfig(batch_size=4, lr=float(sys.argv[5]), warmup=0.05, max_steps=60, eval_every=20, eval_tokens=500,
                        checkpoint_every=1000, log_every=1, seed=3)
-training.train_model(settings, "cpu", sys.argv[1], sys.argv[2], sys.argv[3], init_checkpoint=sys.argv[4])
+training.train_model(settings, torch.device("cpu"), sys.argv[1], sys.argv[2], sys.argv[3], init_checkpoint=sys.argv[4])
 """
 
 

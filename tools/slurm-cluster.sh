@@ -6,11 +6,15 @@
 # Partitions: cpu (default) and gpu, both on this node; the node declares one GPU generic resource (gres gpu:1,
 # backed by /dev/null: Slurm allocates and accounts it, and sets CUDA_VISIBLE_DEVICES in the job, as a site does).
 # Accounting through slurmdbd (gres/gpu tracked), so sacct works as on clusters.
+# A machine with a Slurm configuration of its own is left as it is: `up` writes /etc/slurm/{slurm,gres,slurmdbd}.conf
+# only where each is absent or was written here (its first line is $MARK), and otherwise exits 3 naming the file.
 set -euo pipefail
 STATE=${SLURM_LOCAL_STATE:-/var/lib/iteralite-slurm}
 PIDS=$STATE/pids
 CONF=/etc/slurm   # srun inside jobs ignores SLURM_CONF (the jobstep plugin strips it): the config must live here
 PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server)
+MARK="# written by iteralite's tools/slurm-cluster.sh (a single-node test cluster)"
+CONFIGS=(slurm.conf gres.conf slurmdbd.conf)
 
 log() { echo "[slurm-cluster] $*" >&2; }
 
@@ -36,11 +40,23 @@ start_bg() {  # start_bg <name> <command...>: run in the background, record its 
   echo $! >"$PIDS/$name.pid"
 }
 
+refuse_foreign_configs() {  # exit 3 before anything is installed, started or written
+  local name
+  for name in "${CONFIGS[@]}"; do
+    if [ -e "$CONF/$name" ] && [ "$(head -n 1 "$CONF/$name")" != "$MARK" ]; then
+      log "$CONF/$name exists and was not written by this script: this machine's own Slurm configuration is left" \
+          "as it is, and no test cluster is started"
+      exit 3
+    fi
+  done
+}
+
 write_configs() {
   local mem
   mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
   mkdir -p "$CONF" "$STATE/ctld" "$STATE/d" "$STATE/log"
   cat >"$CONF/slurm.conf" <<CONFEOF
+$MARK
 ClusterName=iteralite
 SlurmctldHost=localhost
 SlurmUser=root
@@ -68,8 +84,9 @@ NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem Gres=gpu:1 S
 PartitionName=cpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
 CONFEOF
-  echo "NodeName=localhost Name=gpu File=/dev/null" >"$CONF/gres.conf"
+  printf '%s\n%s\n' "$MARK" "NodeName=localhost Name=gpu File=/dev/null" >"$CONF/gres.conf"
   cat >"$CONF/slurmdbd.conf" <<CONFEOF
+$MARK
 AuthType=auth/munge
 DbdHost=localhost
 DbdPort=6819
@@ -111,6 +128,7 @@ start_mariadb() {
 
 up() {
   [ "$(id -u)" = 0 ] || { log "must run as root"; exit 1; }
+  refuse_foreign_configs
   down >/dev/null 2>&1 || true
   install
   rm -rf "$STATE" && mkdir -p "$PIDS" "$STATE/log"

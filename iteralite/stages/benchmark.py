@@ -7,20 +7,18 @@ import torch
 
 from .. import bench, data, quant, serve
 from ..artifacts import write_csv, write_json
-from ..train import pick_device
 
 
 def benchmark(model_ids: list[str], paths: list[str], exports: dict[str, str], tokens_path: str,
-              tokenizer_path: str, settings: dict, out: dict) -> None:
-    """Fixed threads, interleaved repeats, medians, on the job's device: a GPU where the job has one
-    (pick_device("auto")), the CPU otherwise; the speed table records it. `settings` is the config's benchmark
+              tokenizer_path: str, settings: dict, device: torch.device, out: dict) -> None:
+    """Fixed threads, interleaved repeats, medians, on the config's device (train.pick_device: with `auto`, a GPU
+    where the job has one, the CPU otherwise); the speed table records it. `settings` is the config's benchmark
     section; `exports` maps each exported model to its export directory, served by ONNX Runtime on the CPU beside
     its torch model. INT4 models take the fastest matmul path for that device (`auto`); the speed table records
     the path each took. Each exported model's serving process (a fresh one per runtime, generating
     bench.SERVED_TOKENS tokens) has its peak RSS measured after the timings, so that it does not run beside them."""
     threads = settings["threads"]
     torch.set_num_threads(threads)
-    device = pick_device("auto")
     models = {m: quant.load_model(p, "auto", device) for m, p in zip(model_ids, paths)}
     runners = bench.torch_runners(models)
     runners |= {(m, "onnxruntime"): bench.OnnxRunner(serve.OnnxModel.load(d, threads)) for m, d in exports.items()}

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 
+import torch
+
 from .. import naming, quant
 from ..artifacts import write_json
 from ..data import eval_windows, load_tokens
 from ..model import count_parameters
-from ..train import perplexity, pick_device
+from ..train import perplexity
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +30,11 @@ def model_row(model_id: str, path: str, model) -> dict:
     }
 
 
-def evaluate(model_id: str, model_path: str, tokens_path: str, test_tokens: int, out_json: str) -> None:
-    """On the job's device: a GPU where the job has one (pick_device("auto")), so that it does not idle."""
-    model = quant.load_model(model_path, EVALUATION_INT4_PATH, pick_device("auto"))
+def evaluate(model_id: str, model_path: str, tokens_path: str, test_tokens: int, device: torch.device,
+             out_json: str) -> None:
+    """On the config's device (train.pick_device): with `auto`, a GPU where the job has one, so that it does not
+    idle."""
+    model = quant.load_model(model_path, EVALUATION_INT4_PATH, device)
     tokens, _ = load_tokens(tokens_path)
     row = model_row(model_id, model_path, model)
     row["test_ppl"] = perplexity(model, tokens["test"], test_tokens)

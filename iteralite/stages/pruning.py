@@ -15,19 +15,21 @@ from ..artifacts import load_torch, save_torch, write_csv, write_json
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..pruning import criteria, planner, schedule, surgery
 from ..pruning.groups import build_groups
-from ..train import TrainConfig, pick_device, train
+from ..train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
 
 def score_importance(checkpoint: str, tokens_path: str, criterion: str, expert_criterion: str | None,
-                     seed: int, calibration: dict | None, out_scores: str, out_csv: str) -> None:
-    """`calibration` ({batches, batch_size, aux_loss_weight}) is given for every criterion but random; the expert
+                     seed: int, calibration: dict | None, device: torch.device, out_scores: str,
+                     out_csv: str) -> None:
+    """`calibration` ({batches, batch_size, aux_loss_weight}, run on `device`) is given for every criterion but
+    random; the expert
     criterion is None for random scores (which score experts and blocks randomly too); the seed draws random scores
     and calibration windows."""
     model, _ = load_checkpoint(checkpoint)
     train_tokens = data.load_tokens(tokens_path)[0]["train"] if calibration else None
-    scores = _scores(model, criterion, expert_criterion, seed, train_tokens, calibration)
+    scores = _scores(model, criterion, expert_criterion, seed, train_tokens, calibration, device)
     save_torch(out_scores, {"criterion": criterion, "scores": scores})
     groups = {g.name: g for g in build_groups(model.cfg)}
     write_csv(out_csv, pd.DataFrame([
@@ -38,12 +40,12 @@ def score_importance(checkpoint: str, tokens_path: str, criterion: str, expert_c
     log.info("%s scores for %d groups", criterion, len(scores))
 
 
-def _scores(model, criterion: str, expert_criterion: str | None, seed: int, train_tokens, calibration: dict | None):
+def _scores(model, criterion: str, expert_criterion: str | None, seed: int, train_tokens, calibration: dict | None,
+            device: torch.device):
     """Every group's scores; with `calibration`, on calibration batches of `train_tokens` drawn with `seed` (run on a
     copy, so the model scored stays as it was)."""
     stats = criteria.CalibrationStats()
     if calibration:
-        device = pick_device("auto")  # the job's GPU where it has one
         windows = data.TokenWindows(train_tokens, model.cfg.max_seq, calibration["batch_size"], seed)
         batches = [windows.next().to(device) for _ in range(calibration["batches"])]
         stats = criteria.calibrate(copy.deepcopy(model).to(device), batches, calibration["aux_loss_weight"]).to("cpu")
@@ -65,21 +67,21 @@ def prune(variant: str, criterion: str, target, bounds: dict, round_to: dict, pr
 
 def prune_in_steps(variant: str, criterion: str, target: float, steps: int, bounds: dict, round_to: dict,
                    pressure: dict, checkpoint: str, scores_path: str, tokens_path: str, calibration: dict | None,
-                   expert_criterion: str | None, seed: int, recovery: TrainConfig, out_checkpoint: str,
-                   out_stats: str) -> None:
+                   expert_criterion: str | None, seed: int, recovery: TrainConfig, device: torch.device,
+                   out_checkpoint: str, out_stats: str) -> None:
     """The target in `steps` steps: rescored on calibration batches of the model as it is (random: redrawn), and
     `recovery.max_steps` steps of fine-tuning (distilled from the dense model when recovery.distill_weight > 0)
-    between steps."""
+    between steps, both on `device`."""
     dense, meta = load_checkpoint(checkpoint)
     tokens, _ = data.load_tokens(tokens_path)
     teacher = dense if recovery.distill_weight > 0 else None
 
     def rescore(model):
-        return _scores(model, criterion, expert_criterion, seed, tokens["train"], calibration)
+        return _scores(model, criterion, expert_criterion, seed, tokens["train"], calibration, device)
 
     def recover(model, step):
         log.info("%s: recovering after step %d of %d (%d steps)", variant, step, steps, recovery.max_steps)
-        model, _ = train(model, tokens["train"], tokens["validation"], recovery, None, teacher, torch.device("cpu"))
+        model, _ = train(model, tokens["train"], tokens["validation"], recovery, None, teacher, device)
         return model.cpu().eval()
 
     first = load_torch(scores_path, "importance scores")["scores"]

@@ -14,12 +14,12 @@ from ..artifacts import write_csv
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import load_tokens
 from ..provenance import fingerprint
-from ..train import Interrupted, TrainConfig, pick_device, train
+from ..train import Interrupted, TrainConfig, train
 
 log = logging.getLogger(__name__)
 
 
-def train_model(settings: TrainConfig, device: str, tokens_path: str, out_checkpoint: str, out_curve: str, *,
+def train_model(settings: TrainConfig, device: torch.device, tokens_path: str, out_checkpoint: str, out_curve: str, *,
                 model_cfg: ModelConfig | None = None, init_checkpoint: str | None = None,
                 teacher_checkpoint: str | None = None) -> None:
     """The baseline (a fresh model of `model_cfg`, seeded by settings.seed), a fine-tune or the control (from
@@ -33,21 +33,20 @@ def train_model(settings: TrainConfig, device: str, tokens_path: str, out_checkp
         model = build_model(model_cfg)
     teacher = load_checkpoint(teacher_checkpoint)[0] if teacher_checkpoint and settings.distill_weight > 0 else None
     run_fingerprint = fingerprint(
-        {"train": asdict(settings), "device": device, "model": model.cfg.to_dict()},
+        {"train": asdict(settings), "device": str(device), "model": model.cfg.to_dict()},
         {"tokens": tokens_path, "init": init_checkpoint, "teacher": teacher_checkpoint if teacher else None},
         __name__,
     )
     resume = Path(out_checkpoint).with_name("train_state.pt")
-    torch_device = pick_device(device)
-    log.info("training on %s: %d parameters, resume state %s", torch_device,
+    log.info("training on %s: %d parameters, resume state %s", device,
              sum(p.numel() for p in model.parameters()), resume)
     try:
-        model, curve = train(model, tokens["train"], tokens["validation"], settings, resume, teacher, torch_device,
+        model, curve = train(model, tokens["train"], tokens["validation"], settings, resume, teacher, device,
                              run_fingerprint)
     except Interrupted as err:
         log.warning("%s", err)
         raise SystemExit(75) from None  # non-zero: Snakemake retries, the retry resumes
     model.cpu()
     write_csv(out_curve, pd.DataFrame(curve))
-    save_checkpoint(out_checkpoint, model, tokenizer_sha, {"steps": len(curve), "device": str(torch_device)})
+    save_checkpoint(out_checkpoint, model, tokenizer_sha, {"steps": len(curve), "device": str(device)})
     resume.unlink(missing_ok=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..architectures import ModelConfig
+from ..architectures import ModelConfig, differences
 from ..artifacts import CheckpointError, write_csv
 from ..checkpoint import save_checkpoint
 from ..data import load_tokens
@@ -20,12 +20,10 @@ def use_checkpoint(model_cfg: ModelConfig, user_checkpoint: str, tokens_path: st
     package's checkpoint: one of its own (trained with the study's tokenizer), or one the Itera-Lite code wrote,
     imported (its meta says from which file, its SHA-256, the layout found and what was inferred)."""
     model, found = read_user_checkpoint(user_checkpoint, model_cfg.top_k)
-    expected = model_cfg.to_dict()
     if found["format"] == "Itera-Lite":  # the rows the study's tokenizer reaches are the study's to say
         model.cfg.vocab_reachable = model_cfg.vocab_reachable
-    actual = model.cfg.to_dict()
-    if actual != expected:
-        diff = {k: (actual.get(k), v) for k, v in expected.items() if actual.get(k) != v}
+    diff = differences(model.cfg, model_cfg)  # as the parse found (iteralite.study); the file may have changed since
+    if diff:
         raise CheckpointError(f"model.checkpoint {user_checkpoint} does not match the config's model: {diff}")
     _, tokenizer_sha = load_tokens(tokens_path)
     if found["format"] == "Itera-Lite":

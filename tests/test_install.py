@@ -1,0 +1,65 @@
+"""`make setup` from the locks: the interpreter check, where torch comes from, and the CUDA lock's agreement with the
+CPU one (an install of the CUDA lock downloads gigabytes, so its content is checked, not installed)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "tools"))
+import check_platform  # noqa: E402
+import lock  # noqa: E402
+
+
+def pins(path: Path) -> dict[str, tuple[str, str]]:
+    """name -> (version, sha256) of every line of a lock; every line carries its hash."""
+    found = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            continue
+        match = re.fullmatch(r"(\S+)==(\S+) --hash=sha256:([0-9a-f]{64})", line)
+        assert match, f"{path.name}: {line!r} is no pin with its hash"
+        found[match.group(1)] = (match.group(2), match.group(3))
+    return found
+
+
+def test_the_cuda_lock_is_the_cpu_lock_with_torchs_cuda_build():
+    cpu, cuda = pins(ROOT / "requirements.lock"), pins(ROOT / "requirements-cuda.lock")
+    assert cpu["torch"][0] == "2.13.0+cpu" and cuda["torch"][0] == "2.13.0"
+    shared = set(cpu) & set(cuda) - {"torch", "triton"}
+    assert {name: cpu[name] for name in shared} == {name: cuda[name] for name in shared}
+    assert set(cpu) - set(cuda) == set()  # pytest and ruff too: `make test` runs in either venv
+    assert {"nvidia-cublas", "nvidia-cudnn-cu13", "triton"} <= set(cuda) - shared
+
+
+def test_the_lock_names_the_index_of_its_cpu_torch_and_make_setup_installs_it_from_there():
+    header = check_platform.lock_header(str(ROOT / "requirements.lock"))
+    assert header["torch-index"] == lock.TORCH_INDEX
+    assert "torch-index" not in check_platform.lock_header(str(ROOT / "requirements-cuda.lock"))
+    for torch, lock_file, index in (("cpu", "requirements.lock", f"--index-url {lock.TORCH_INDEX}"),
+                                    ("cuda", "requirements-cuda.lock", None)):
+        plan = subprocess.run(["make", "-n", "-B", "setup", f"TORCH={torch}"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout
+        torch_install = plan.split(f"grep '^torch==' {lock_file}")[1].split("-r .venv/torch.lock")[0]
+        assert (index in torch_install) if index else "--index-url" not in torch_install, plan
+        assert f"--require-hashes --no-deps -r {lock_file}" in plan and f"check_platform.py {lock_file}" in plan
+
+
+def test_another_python_or_platform_is_refused_in_one_line(tmp_path):
+    header = check_platform.lock_header(str(ROOT / "requirements.lock"))
+    assert (header["python"], header["platform"]) == ("3.11", "linux x86_64")
+    assert check_platform.mismatch(header, "3.11", "linux x86_64") is None
+    assert check_platform.mismatch(header, "3.12", "linux x86_64") == (
+        "Python 3.12, but the lock holds wheels for CPython 3.11 only")
+    assert check_platform.mismatch(header, "3.11", "darwin arm64") == (
+        "this platform is darwin arm64, but the lock holds wheels for linux x86_64 only")
+    other = tmp_path / "other.lock"
+    other.write_text("# python: 2.7\n# platform: linux x86_64\nsix==1.0 --hash=sha256:" + "0" * 64 + "\n")
+    run = subprocess.run([sys.executable, str(ROOT / "tools/check_platform.py"), str(other)], capture_output=True,
+                         text=True)
+    assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+    assert re.fullmatch(r"make setup: \S+ is Python 3\.\d+, but the lock holds wheels for CPython 2\.7 only "
+                        rf"\({re.escape(str(other))}\); name another interpreter with PYTHON=, e\.g\. "
+                        r"`make setup PYTHON=python2\.7`\n", run.stderr)
