@@ -8,7 +8,7 @@ import pandas as pd
 
 from .pruning.groups import build_groups
 
-# (pattern on the state-dict name, component, the original plan's category); the first match wins. Names of both
+# (pattern on the state-dict name, component, coarse category); the first match wins. Names of both
 # architectures: the project's (tok_emb, norm_f, moe.router) and the reference's (embedding, norm, moe.layer.router,
 # moe.ffn).
 COMPONENTS = [
@@ -26,7 +26,7 @@ COMPONENTS = [
     (r"moe\.(layer\.)?norm\.", "moe.norm", "norms"),
     (r"^(norm_f|norm)\.", "final norm", "norms"),
 ]
-PLAN_CATEGORIES = ["embeddings", "position embeddings", "SSM blocks", "MoE and feed-forward blocks", "norms"]
+CATEGORIES = ["embeddings", "position embeddings", "SSM blocks", "MoE and feed-forward blocks", "norms"]
 
 
 def component_of(name: str) -> str:
@@ -40,10 +40,10 @@ def _match(name: str) -> tuple[str, str, str]:
     raise KeyError(f"parameter {name} matches no component")
 
 
-def plan_breakdown(model) -> list[dict]:
-    """The parameters in the original plan's categories (its "Parameter Distribution Analysis" table), with the LM
-    head, tied to the token table, at 0."""
-    counts = dict.fromkeys(PLAN_CATEGORIES, 0)
+def category_breakdown(model) -> list[dict]:
+    """The parameters in coarse categories (embeddings, positions, SSM blocks, MoE and feed-forward blocks, norms),
+    with the LM head, tied to the token table, at 0."""
+    counts = dict.fromkeys(CATEGORIES, 0)
     for name, p in model.named_parameters():
         counts[_match(name)[2]] += p.numel()
     total = sum(counts.values())
@@ -88,7 +88,7 @@ def analyze(model) -> dict:
         "total_params": int(table["params"].sum()),
         "config": model.cfg.to_dict(),
         "by_component": component_totals(table).to_dict(orient="records"),
-        "plan_breakdown": plan_breakdown(model),
+        "category_breakdown": category_breakdown(model),
         "by_component_and_layer": table.to_dict(orient="records"),
         "groups": group_table(model).to_dict(orient="records"),
     }

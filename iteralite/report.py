@@ -40,9 +40,9 @@ UNITS = {
     "tokens_per_s": ("throughput (k tokens/s)", lambda v: f"{v / 1e3:,.1f}"),
     "step_latency_ms": ("step latency (ms)", lambda v: f"{v:,.2f}"),
     "forward_ms": ("batched forward (ms)", lambda v: f"{v:,.2f}"),
-    "peak_mem_mb": ("peak memory (MB)", lambda v: f"{v:,.1f}"),
-    "weight_mem_mb": ("weights in memory (MB)", lambda v: f"{v:,.2f}"),
-    "serve_rss_mb": ("serving process peak RSS (MB)", lambda v: f"{v:,.0f}"),
+    "peak_mem_mb": ("peak memory (MiB)", lambda v: f"{v:,.1f}"),
+    "weight_mem_mb": ("weights in memory (MiB)", lambda v: f"{v:,.2f}"),
+    "serve_rss_mb": ("serving process peak RSS (MiB)", lambda v: f"{v:,.0f}"),
     "seed": ("seed", lambda v: f"{v:.0f}"),
 }
 
@@ -214,7 +214,7 @@ def deployment_plot(table: pd.DataFrame) -> str:
     sns.barplot(table, y="model", x="step_latency_ms", hue="runtime", ax=axes[0], legend=False)
     axes[0].set(xlabel="ms per generated token (batch 1)", ylabel="")
     sns.barplot(table, y="model", x="weight_mem_mb", hue="runtime", ax=axes[1])
-    axes[1].set(xlabel="weights in memory (MB)", ylabel="")
+    axes[1].set(xlabel="weights in memory (MiB)", ylabel="")
     sns.move_legend(axes[1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
     return figure_html(fig, "Every exported model in torch and in ONNX Runtime, measured side by side in one "
                             "process: latency per generated token at batch 1 and the weights each runtime holds.")
@@ -230,13 +230,13 @@ def deployment_findings(table: pd.DataFrame) -> list[str]:
         t, o = by.loc[(model, "torch")], by.loc[(model, "onnxruntime")]
         out.append(f"{model} in ONNX Runtime: {o['step_latency_ms'] / t['step_latency_ms']:.2f}x torch's latency "
                    f"per token, {o['tokens_per_s'] / t['tokens_per_s']:.2f}x its batched throughput, a serving "
-                   f"process of {o['serve_rss_mb']:.0f} MB peak RSS against torch's {t['serve_rss_mb']:.0f} MB, "
+                   f"process of {o['serve_rss_mb']:.0f} MiB peak RSS against torch's {t['serve_rss_mb']:.0f} MiB, "
                    f"test perplexity {o['test_ppl']:.2f} (torch {t['test_ppl']:.2f}).")
         source = model.removeprefix("int4-")
         if source != model and (source, "onnxruntime") in by.index:
             f = by.loc[(source, "onnxruntime")]
-            out.append(f"Its 4-bit weights stay 4-bit in ONNX Runtime: {o['weight_mem_mb']:.2f} MB against its "
-                       f"float32 source's {f['weight_mem_mb']:.2f} MB "
+            out.append(f"Its 4-bit weights stay 4-bit in ONNX Runtime: {o['weight_mem_mb']:.2f} MiB against its "
+                       f"float32 source's {f['weight_mem_mb']:.2f} MiB "
                        f"({o['weight_mem_mb'] / f['weight_mem_mb']:.2f}x), "
                        f"at {o['step_latency_ms'] / f['step_latency_ms']:.2f}x its latency per token and "
                        f"{o['tokens_per_s'] / f['tokens_per_s']:.2f}x its batched throughput.")
@@ -276,8 +276,8 @@ def cost_plot(runtimes: pd.DataFrame) -> str:
     axes[0].barh(labels, by_rule["seconds"] / 60, color="#4c72b0")
     axes[0].set(xlabel="wall time, all jobs of the rule (min)")
     axes[0].invert_yaxis()
-    axes[1].barh(labels, by_rule["peak_mb"] / 1e3, color="#dd8452")
-    axes[1].set(xlabel="peak resident memory of one job (GB)")
+    axes[1].barh(labels, by_rule["peak_mb"] / 1024, color="#dd8452")
+    axes[1].set(xlabel="peak resident memory of one job (GiB)")
     return figure_html(fig, "Cost per rule, from Snakemake's benchmark files: total wall time of its jobs and the "
                             "largest peak resident memory (max_rss) of one job; the basis of the Slurm requests.")
 
@@ -312,10 +312,11 @@ def _best(families: pd.DataFrame, stage: str) -> pd.Series | None:
     return frame.sort_values("test_ppl").iloc[0] if len(frame) else None
 
 
-def plan_vs_measured(families: pd.DataFrame, expectations: list[dict]) -> pd.DataFrame:
-    """The plan's expectations (report/plan_expectations.yaml) beside this study's best family at each stage (means
-    over its seeds)."""
+def targets_vs_measured(families: pd.DataFrame, targets: list[dict]) -> pd.DataFrame:
+    """The product's targets (report/targets.yaml) beside this study's best family at each stage (means over its
+    seeds): a ratio to the baseline, or to the dense control."""
     base = families[families["family"] == "baseline/dense"].iloc[0]
+    control = families[families["criterion"] == "dense"]
     measured = {}
     for key, stage in (("pruned", "finetuned"), ("int4", "int4-finetuned")):
         best = _best(families, stage)
@@ -323,15 +324,18 @@ def plan_vs_measured(families: pd.DataFrame, expectations: list[dict]) -> pd.Dat
             measured[f"size_{key}"] = (base["file_bytes"] / best["file_bytes"], best["family"])
             measured[f"speed_{key}"] = (best["tokens_per_s"] / base["tokens_per_s"], best["family"])
             measured[f"ppl_{key}"] = (best["test_ppl"] / base["test_ppl"] - 1, best["family"])
+            if key == "pruned" and len(control):
+                measured["ppl_vs_control"] = (best["test_ppl"] / control.iloc[0]["test_ppl"] - 1, best["family"])
     rows = []
-    for expectation in expectations:
-        label, expected, key = expectation["figure"], expectation["expected"], expectation["key"]
+    for target in targets:
+        key, at_most = target["key"], "at_most" in target
+        bound = target["at_most"] if at_most else target["at_least"]
         value, model = measured.get(key, (float("nan"), ""))
-        is_ppl = key.startswith("ppl")
-        held = value <= expected if is_ppl else value >= expected
-        fmt = (lambda v: f"{v:+.1%}") if is_ppl else (lambda v: f"{v:.2f}x")
-        rows.append({"figure": label, "plan": fmt(expected), "measured": fmt(value) if value == value else "",
-                     "model (mean over seeds)": model, "held": "yes" if value == value and held else "no"})
+        held = value <= bound if at_most else value >= bound
+        fmt = (lambda v: f"{v:+.1%}") if key.startswith("ppl") else (lambda v: f"{v:.2f}x")
+        rows.append({"figure": target["figure"], "target": ("at most " if at_most else "at least ") + fmt(bound),
+                     "measured": fmt(value) if value == value else "", "model (mean over seeds)": model,
+                     "met": "yes" if value == value and held else "no"})
     return pd.DataFrame(rows)
 
 
@@ -471,8 +475,8 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
     speed, latency = pd.read_csv(inputs["speed"]), pd.read_csv(inputs["latency"])
     torch_speed = speed[speed["runtime"] == "torch"]
     samples = read_json(inputs["samples"])
-    with open(inputs["plan"], encoding="utf-8") as f:
-        plan = yaml.safe_load(f)
+    with open(inputs["targets"], encoding="utf-8") as f:
+        targets = yaml.safe_load(f)["targets"]
     prune_stats = [read_json(p) for p in _as_list(inputs.get("prune_stats"))]
     sections = [
         "<h1>IteraLite compression study</h1>",
@@ -485,17 +489,16 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
         "<h2>Summary</h2><p>One row per model and seed (results/metrics/summary.csv).</p>",
         test_tokens_note(summary, config, analysis["config"]["max_seq"]),
         table_html(display(everything, drop=["family"])),
-        "<h2>Plan vs measured</h2><p>The original plan's expected results beside the best fine-tuned recipe of this "
-        "study (lowest mean test perplexity over its seeds), against the fp32 baseline. Source: "
-        f"{html.escape(plan['source'])}, quoted in report/plan_expectations.yaml.</p>",
-        table_html(plan_vs_measured(families, plan["expectations"])),
+        "<h2>Targets vs measured</h2><p>The product's targets for the default study (report/targets.yaml) beside "
+        "the best fine-tuned recipe of this study (lowest mean test perplexity over its seeds, the control left "
+        "out).</p>",
+        table_html(targets_vs_measured(families, targets)),
         *source_section(analysis.get("source")),
         "<h2>Parameter distribution</h2>", parameter_plot(analysis),
         table_html(display(pd.DataFrame(analysis["by_component"]).assign(
             percent=lambda f: f["percent"].map("{:.1f}%".format)))),
-        f"<p>In the original plan's categories ({html.escape(analysis['config']['architecture'])} "
-        "architecture):</p>",
-        table_html(pd.DataFrame(analysis["plan_breakdown"]).assign(
+        f"<p>By category ({html.escape(analysis['config']['architecture'])} architecture):</p>",
+        table_html(pd.DataFrame(analysis["category_breakdown"]).assign(
             params=lambda f: f["params"].map("{:,}".format), percent=lambda f: f["percent"].map("{:.1f}%".format))),
     ]
     if inputs.get("importance"):

@@ -92,7 +92,7 @@ rule report:
     output:
         html="results/report.html",
     params:
-        plan=workflow_files(Path(workflow.basedir) / "report/plan_expectations.yaml"),
+        targets=workflow_files(Path(workflow.basedir) / "report/targets.yaml"),
         # The report prints the study config, so every key changes its output.
         study_config=config_slice(*config),
         code=code_of("report"),

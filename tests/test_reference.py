@@ -29,15 +29,16 @@ def small():
     return ReferenceIteraLite(cfg).eval()
 
 
-def test_the_plans_tiny_config_has_the_plans_parameter_count_and_breakdown():
-    """The plan's 1,886,496 parameters (vocab 8000, d 128, 4 layers, MoE on 1 and 3), counted by the model and by
-    the config's arithmetic, in the plan's categories: the token table 1,024,000 (54.3%), positions 16,384."""
+def test_the_tiny_config_has_1886496_parameters_and_their_breakdown():
+    """The Itera-Lite repository's tiny config (vocab 8000, d 128, 4 layers, MoE on 1 and 3): 1,886,496 parameters,
+    counted by the model and by the config's arithmetic; by category, the token table 1,024,000 (54.3%), positions
+    16,384."""
     cfg = ReferenceConfig()
     assert cfg.moe_layers == [1, 3]
     with torch.device("meta"):
         model = ReferenceIteraLite(cfg)
     assert count_parameters(model) == parameter_count(cfg) == 1_886_496
-    rows = {r["category"]: r for r in analysis.plan_breakdown(model)}
+    rows = {r["category"]: r for r in analysis.category_breakdown(model)}
     assert rows["embeddings"]["params"] == 1_024_000 and round(rows["embeddings"]["percent"], 1) == 54.3
     assert rows["position embeddings"]["params"] == 16_384 and rows["LM head (tied)"]["params"] == 0
     assert sum(r["params"] for r in rows.values()) == 1_886_496

@@ -60,11 +60,17 @@ def test_findings_compare_schedules_of_the_same_size():
     assert "taylor (distill) at the same size as t40: 82.10 ± 0.14 (2 seeds), +2.6%; every seed of one beats" in text[1]
 
 
-def test_plan_figures_use_the_best_recipe_mean():
-    table = report.plan_vs_measured(report.family_stats(STUDY),
-                                    [{"figure": "ppl", "expected": 0.05, "key": "ppl_pruned"}])
-    assert table.iloc[0]["measured"] == "+3.1%" and table.iloc[0]["model (mean over seeds)"] == (
+def test_targets_are_met_by_the_best_recipe_mean():
+    table = report.targets_vs_measured(report.family_stats(STUDY),
+                                       [{"figure": "ppl", "at_most": 0.03, "key": "ppl_pruned"},
+                                        {"figure": "ppl", "at_most": 0.05, "key": "ppl_pruned"},
+                                        {"figure": "size", "at_least": 1.5, "key": "size_int4"},
+                                        {"figure": "control", "at_most": 0.0, "key": "ppl_vs_control"}])
+    assert table["measured"].tolist()[:2] == ["+3.1%", "+3.1%"] and table["met"].tolist()[:2] == ["no", "yes"]
+    assert table.iloc[0]["target"] == "at most +3.0%" and table.iloc[0]["model (mean over seeds)"] == (
         "finetuned/taylor-t40-distill")
+    assert table.iloc[2]["target"] == "at least 1.50x"
+    assert table.iloc[3][["measured", "met"]].tolist() == ["+3.1%", "no"]  # the control's mean is 80.0, as the base
 
 
 def test_tables_print_human_units_and_never_nan():

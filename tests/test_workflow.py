@@ -151,7 +151,7 @@ def test_report_is_self_contained(study):
     # parameters, importance, kept fractions, curves, recovery, frontier, size, throughput, latency, deployment,
     # rule graph, cost
     assert page.count("data:image/png;base64,") == 12
-    for section in ("Findings", "Workflow", "Summary", "Plan vs measured", "Parameter distribution", "Importance",
+    for section in ("Findings", "Workflow", "Summary", "Targets vs measured", "Parameter distribution", "Importance",
                     "Pruning", "Training", "Size and quality", "Speed", "Deployment", "Sample generations",
                     "Cost per rule", "Study config"):
         assert f"<h2>{section}</h2>" in page, section
@@ -332,7 +332,7 @@ def test_a_config_change_reruns_exactly_what_it_can_change(config_change_plans, 
 # edit to a file a rule declares as an input reruns that rule.
 FILE_EDITS = {
     "iteralite/report.py": {"report", "all"},
-    "report/plan_expectations.yaml": {"report", "all"},
+    "report/targets.yaml": {"report", "all"},
     # analyze and both criteria's scores; the pruned and fine-tuned variants, not the baseline nor the control
     "iteralite/pruning/groups.py": {"analyze"} | jobs("score_importance", "l1/1", "l1/2", "random/1", "random/2")
     | EVERY_PRUNE,

@@ -35,7 +35,7 @@ def main(summary_csv: str = "results/metrics/summary.csv") -> None:
             q, f = by.loc[(model, "onnxruntime")], by.loc[(source, "onnxruntime")]
             print(f"{model:<64}{q['weight_mem_mb'] / f['weight_mem_mb']:>8.3f}x"
                   f"{q['step_latency_ms'] / f['step_latency_ms']:>8.3f}x{q['tokens_per_s'] / f['tokens_per_s']:>9.2f}x")
-    print("\nabsolute: model, runtime, ms per token, tokens/s, weights MB, serving peak RSS MB, test ppl")
+    print("\nabsolute: model, runtime, ms per token, tokens/s, weights MiB, serving peak RSS MiB, test ppl")
     for (model, runtime), row in by[by.index.get_level_values(0).isin(exported)].iterrows():
         print(f"  {model:<40}{runtime:<13}{row['step_latency_ms']:>7.3f}{row['tokens_per_s']:>10,.0f}"
               f"{row['weight_mem_mb']:>8.2f}{row['serve_rss_mb']:>8.0f}{row['test_ppl']:>9.3f}")
