@@ -2,8 +2,7 @@
 
 - "project": the default study's IteraLite (model.py, modelconfig.py, pruning/groups.py, onnxgraph.py), a
   Mamba-style selective SSM with RMSNorms.
-- "reference": the Itera-Lite repository's IteraLiteModel, the model the original plan was written for
-  (iteralite/reference/).
+- "reference": the Itera-Lite repository's IteraLiteModel (iteralite/reference/).
 
 Every stage sees a model through what both provide: `cfg` (sizes, `has_ssm`/`has_moe`/`experts_in` per layer,
 `to_dict` that rebuilds it: `modelconfig.LayerSizes`), `forward(ids) -> (logits, balance)`, `hidden_states`, `head`,

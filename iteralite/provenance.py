@@ -4,7 +4,7 @@ Snakemake tracks a rule's script file but not the modules it imports. `code_dige
 this package statically (every `import`/`from ... import` anywhere in a module, lazy ones included) and hashes the
 source of each module reached; the workflow passes that digest as a rule param, so an edit to a module reruns
 exactly the rules whose scripts reach it, and what follows them. `files_digest` tracks the files that ship with the
-workflow (the Snakefile and rules for the rule graph, the plan's expectations, the embedded corpus) the same way:
+workflow (the Snakefile and rules for the rule graph, the report's targets, the embedded corpus) the same way:
 by their names within the checkout and their content, so that no param or input holds a path of the checkout.
 """
 

@@ -74,7 +74,8 @@ def parameter_plot(analysis: dict) -> str:
     ax.set_xlabel("parameters")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1e3:,.0f}k"))
     return figure_html(fig, f"Parameters by component ({analysis['total_params']:,} in all): the tied token "
-                            "embedding holds the largest share, so only width pruning can shrink it.")
+                            "embedding holds the largest share; width pruning shrinks it, and so does removing "
+                            "rows no token reaches (an imported model's).")
 
 
 def importance_plot(paths: list[str]) -> str:
@@ -103,7 +104,8 @@ def kept_heatmap(paths: list[str]) -> str:
     sns.heatmap(frame, vmin=0, vmax=1, cmap="viridis", ax=ax, cbar_kws={"label": "kept fraction"})
     ax.set_xlabel("")
     return figure_html(fig, "Kept fraction of every pruning group per variant (width, SSM channels per layer, "
-                            "hidden units per expert, experts per layer).")
+                            "hidden units per expert, experts per layer, whole blocks, table rows no token "
+                            "reaches).")
 
 
 def curves_plot(baseline_curve: str, finetune_curves: list[str]) -> str:
@@ -316,7 +318,7 @@ def targets_vs_measured(families: pd.DataFrame, targets: list[dict]) -> pd.DataF
     """The product's targets (report/targets.yaml) beside this study's best family at each stage (means over its
     seeds): a ratio to the baseline, or to the dense control."""
     base = families[families["family"] == "baseline/dense"].iloc[0]
-    control = families[families["criterion"] == "dense"]
+    control = families[families["family"].str.startswith("finetuned/") & (families["criterion"] == "dense")]
     measured = {}
     for key, stage in (("pruned", "finetuned"), ("int4", "int4-finetuned")):
         best = _best(families, stage)

@@ -26,7 +26,7 @@ def build_models(config: dict) -> dict:
     target = config["pruning"]["targets"][0]
     plan = plan_for(config, target)
     counts = planner.plan_counts(dense.cfg, plan["ratios"], plan["round_to"])
-    # The pruned shapes come from the plan; which channels stay does not change the speed, so random scores do.
+    # The pruned shapes come from the planner; which channels stay does not change the speed, so random scores do.
     scores = criteria.score_groups(dense, "random", criteria.CalibrationStats(), config["seed"])
     pruned = surgery.prune(dense, surgery.choose_kept(scores, counts)).eval()
     models = {"dense fp32": dense, f"pruned {target} fp32": pruned}

@@ -207,7 +207,7 @@ def test_the_planner_meets_40_percent_and_says_what_the_plans_allocation_removes
         plan["removed_fraction"])
     assert "layer0.ffn.hidden" in counts and "layer0.experts" not in counts  # a feed-forward layer has no router
     preset = planner.plan_target(cfg, "plan", bounds, round_to)
-    assert round(preset["removed_fraction"], 3) == 0.159  # the plan's allocation removes far less than its 40%
+    assert round(preset["removed_fraction"], 3) == 0.159  # the preset removes far less than 40%
     with pytest.raises(planner.PlanError, match=r"at most \d+\.\d% can be removed.*pruning\.bounds\.width"):
         planner.plan_target(cfg, 0.4, {**bounds, "width": 0.0}, round_to)
 

@@ -156,7 +156,7 @@ def test_report_is_self_contained(study):
                     "Cost per rule", "Study config"):
         assert f"<h2>{section}</h2>" in page, section
     assert "http://" not in page and "https://" not in page.replace("https://json-schema.org", "")
-    assert "Source: Phase 7, Task 2 plan" in page and "<td>2.37x</td>" in page  # the plan's figures, from the repo
+    assert "(report/targets.yaml)" in page and "<td>at least 10.00x</td>" in page  # the targets, from the repo
 
 
 def test_up_to_date_study_reruns_nothing_and_report_inputs_rerun_only_report(study):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU check in one run (under 5 minutes on an H200): the Triton kernels and the gpu-marked tests on CUDA, each
-# scan kernel's registers and spills, then the training benchmark at every size. Run from the repository root on a
-# machine with a CUDA GPU, torch and triton:
+# Every GPU check in one run: the Triton kernels and the gpu-marked tests on CUDA, each scan kernel's registers and
+# spills, then the training benchmark at every size. Run from the repository root on a machine with a CUDA GPU,
+# torch and triton:
 #   bash tools/gpu_check.sh
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -4,7 +4,7 @@
 
 Times forward + backward of one SSM layer's scan at the default size (batch 32 x 128 tokens, 256 channels, state 8)
 for: the reference (torch ops, iteralite.scan.reference_scan), the project's numba kernel (iteralite.scan.FusedScan),
-and the project's previous algorithm (channels outermost, the state innermost) as a torch C++ extension (built here
+and another loop order (channels outermost, the state innermost) as a torch C++ extension (built here
 with torch.utils.cpp_extension.load_inline, g++ -O3 -march=native, OpenMP; the exp in the kernel, which GCC
 vectorises through glibc's libmvec). Each candidate's output
 and gradients are checked against the reference first. Needs g++ and ninja; the project itself needs neither.

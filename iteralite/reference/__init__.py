@@ -1,5 +1,5 @@
 """The reference architecture: the Itera-Lite repository's `IteraLiteModel` (CisnerosCodes/Itera-Lite, MIT,
-`models/itera_lite.py`, `ssm.py`, `moe.py`), the model the original compression plan was written for.
+`models/itera_lite.py`, `ssm.py`, `moe.py`), read for its facts; none of its code is copied here.
 
 config.py holds its sizes (torch-free), model.py its forward and step modes, groups.py its coupled pruning groups,
 onnx.py its ONNX graphs; convert.py imports a checkpoint the Itera-Lite code wrote, tokenizer.py its tokenizers. The

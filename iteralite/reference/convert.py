@@ -4,7 +4,7 @@ against the file's config, and rebuild the model. Loading stays weights-only (ar
 
 Accepted (../docs/import.md lists them with what each holds):
 - a dict with `model_state_dict` (and maybe `config` with the Itera-Lite keys), or a bare state dict;
-- both MoE key layouts, `.moe.layer.` and `.moe.moe.` (the plan's own conversion wrote the second);
+- both MoE key layouts, `.moe.layer.` (the Itera-Lite code's) and `.moe.moe.` (files converted by other code);
 - float16 tensors (to float32), tensors saved on a CUDA device (mapped to the CPU by the loader);
 - dynamically quantized int8 Linears (`<m>._packed_params._packed_params` = (qint8 weight, bias), with `<m>.scale`,
   `<m>.zero_point`, `<m>._packed_params.dtype`), dequantized; `lm_head`, stored then as its own int8 copy of the

@@ -24,9 +24,8 @@ def score_importance(checkpoint: str, tokens_path: str, criterion: str, expert_c
                      seed: int, calibration: dict | None, device: torch.device, out_scores: str,
                      out_csv: str) -> None:
     """`calibration` ({batches, batch_size, aux_loss_weight}, run on `device`) is given for every criterion but
-    random; the expert
-    criterion is None for random scores (which score experts and blocks randomly too); the seed draws random scores
-    and calibration windows."""
+    random; the expert criterion is None for random scores (which score experts and blocks randomly too); the seed
+    draws random scores and calibration windows."""
     model, _ = load_checkpoint(checkpoint)
     train_tokens = data.load_tokens(tokens_path)[0]["train"] if calibration else None
     scores = _scores(model, criterion, expert_criterion, seed, train_tokens, calibration, device)
