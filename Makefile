@@ -11,14 +11,17 @@ CORES ?= 2
 # tools/check_platform.py checks first. TORCH=cpu (the default): requirements.lock, whose torch is the CPU build from
 # the index its header names (torch-index: PyTorch's CPU index), everything else from PyPI. TORCH=cuda: requirements-cuda.lock,
 # torch's CUDA build with its NVIDIA libraries, all from PyPI, for a cluster with a GPU partition (one venv serves
-# its CPU and GPU jobs: docs/slurm.md). A change of lock or of TORCH makes the venv afresh.
+# its CPU and GPU jobs: docs/slurm.md). TORCH defaults to the build the venv holds, so `make test` keeps a CUDA
+# venv; a change of lock or of TORCH makes the venv afresh.
 PYTHON ?= python3
-TORCH ?= cpu
+TORCH ?= $(or $(patsubst $(VENV)/.installed-%,%,$(wildcard $(VENV)/.installed-*)),cpu)
+$(if $(filter-out cpu cuda,$(TORCH)),$(error TORCH=$(TORCH): it must be cpu or cuda))
 LOCK := $(if $(filter cuda,$(TORCH)),requirements-cuda.lock,requirements.lock)
 TORCH_INDEX := $(shell sed -n 's/^\# torch-index: //p' $(LOCK))
 
 $(VENV)/.installed-$(TORCH): pyproject.toml $(LOCK)
 	@$(PYTHON) tools/check_platform.py $(LOCK)
+	@[ ! -e $(VENV) ] || [ -f $(VENV)/pyvenv.cfg ] || { echo "make setup: $(VENV) exists and is no venv; not replacing it" >&2; exit 1; }
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet pip==26.3

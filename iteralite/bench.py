@@ -200,7 +200,7 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 def serving_rss_mb(command: list[str]) -> float:
-    """Peak resident memory (MB) of a fresh process running `command`."""
+    """Peak resident memory (MiB) of a fresh process running `command`."""
     run = subprocess.run([sys.executable, "-c", _PEAK_RSS, *command], capture_output=True, text=True)
     if run.returncode:
         raise RuntimeError(f"serving process {command} failed: {run.stderr.strip()}")

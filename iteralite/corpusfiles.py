@@ -65,13 +65,17 @@ def _utf8_head(path: str) -> str:
 
 
 def _check_first_record(path: str, head: str, text_field: str) -> None:
-    if "\n" not in head and os.path.getsize(path) > HEAD_BYTES:
-        return  # a first record longer than the head: the full read checks it
-    line = next((line for line in head.splitlines() if line.strip()), "")
+    lines = head.split("\n")  # JSON Lines ends a record at "\n" only (a record may hold U+2028 and the like)
+    complete = lines if os.path.getsize(path) <= HEAD_BYTES else lines[:-1]  # the last may be cut by the head
+    line = next((line for line in complete if line.strip()), None)
+    if line is None:
+        if len(complete) < len(lines):
+            return  # no whole record in the head: the full read checks the file
+        raise CorpusFileError(f"corpus.paths: {path} holds no JSON record")
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
-        raise CorpusFileError(f"corpus.paths: {path}: its first line is not a JSON record ({err.msg})") from None
+        raise CorpusFileError(f"corpus.paths: {path}: its first record is not JSON ({err.msg})") from None
     if not isinstance(record, dict) or text_field not in record:
         keys = sorted(record) if isinstance(record, dict) else type(record).__name__
         raise CorpusFileError(f"corpus.text_field {text_field!r} is not a key of the first record of {path} "

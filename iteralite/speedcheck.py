@@ -58,7 +58,7 @@ def main(argv: list[str]) -> None:
         int4, fp32 = quant.matmul_seconds(tokens=tokens)
         print(f"LM head matmul, {tokens} tokens x 128 -> 8000, group 32: int4 kernel {1000 * int4:.2f} ms, "
               f"float32 {1000 * fp32:.2f} ms")
-    print(f"{'model':<27}{'params':>10}{'tokens/s':>11}{'speedup':>9}{'step ms':>9}{'weights MB':>12}")
+    print(f"{'model':<27}{'params':>10}{'tokens/s':>11}{'speedup':>9}{'step ms':>9}{'weights MiB':>12}")
     for (name, model), (_, row) in zip(models.items(), speed.iterrows()):
         n = getattr(model, "n_params", None) or count_parameters(model)
         print(f"{name:<27}{n:>10,}{row['tokens_per_s']:>11,.0f}{row['tokens_per_s'] / base['tokens_per_s']:>8.2f}x"

@@ -87,7 +87,7 @@ def pick_device(requested: str = "auto", holds_gpu: bool = False) -> torch.devic
     if requested == "auto" and not holds_gpu:
         return torch.device("cpu")
     why = "device: cuda" if requested == "cuda" else "device: auto in a job that holds a GPU"
-    build = ("this torch build has CUDA" if torch.backends.cuda.is_built()
+    build = ("this torch build has CUDA: check the driver with nvidia-smi" if torch.backends.cuda.is_built()
              else f"torch {torch.__version__} is a CPU build: make setup TORCH=cuda, docs/slurm.md")
     raise RuntimeError(
         f"{why}, but no CUDA device is visible on host {socket.gethostname()} "

@@ -12,7 +12,7 @@ the GPU kernels) and the floor (graphed).
 Usage: python -m iteralite.trainbench [config.yaml] [threads] [repeats] [--device auto|cpu|cuda] [--sizes S,M,L]
 Sizes: S is the config's model at its batch; M, L are larger IteraLites (SIZES); L128 is L at S's 32 x 128 windows,
 for the cost per token against the sequence length. The last line reads, for the first size:
-training: <N> tokens/s, <R>x the no-scan floor, peak RSS <M> MB
+training: <N> tokens/s, <R>x the no-scan floor, peak RSS <M> MiB
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     first = results[sizes[0]]
     memory = "peak GPU memory" if device.type == "cuda" else "peak RSS"
     print(f"training: {first['tokens_per_s']:.0f} tokens/s, {first['floor_ratio']:.2f}x the no-scan floor, "
-          f"{memory} {first['peak_mb']:.0f} MB")
+          f"{memory} {first['peak_mb']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import sys
 def bound_native_caches() -> None:
     """Bound oneDNN's cache of compiled primitives, which keeps one per matmul shape (1024 by default). The MoE
     experts see a different number of tokens at every step, so with the default the cache, and the process's
-    resident memory, grew by about 20 MB per training step (1.4 GB after 40 steps of the default model). Read by
+    resident memory, grew by about 20 MiB per training step (1.4 GiB after 40 steps of the default model). Read by
     oneDNN when it creates its first primitive, so this runs before any computation."""
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 

@@ -1,6 +1,7 @@
 """Bad configs are refused at parse time, before any job runs, with the key named."""
 
 import copy
+import json
 
 import pytest
 import yaml
@@ -229,6 +230,10 @@ def test_corpus_files_are_read_as_far_as_their_first_bytes_when_the_workflow_is_
     (tmp_path / "body.jsonl").write_text('{"body": "one story"}\n{"body": "two"}\n')
     (tmp_path / "fake.parquet").write_text("not parquet")
     pd.DataFrame({"body": ["one story"]}).to_parquet(tmp_path / "body.parquet")
+    (tmp_path / "blank.jsonl").write_text("\n  \n")
+    # a blank line, then a first record longer than the head the parse reads; a record holding U+2028
+    (tmp_path / "long.jsonl").write_text("\n" + json.dumps({"text": "x" * 70_000}) + "\n")
+    (tmp_path / "separator.jsonl").write_text(json.dumps({"text": "a\u2028b"}, ensure_ascii=False) + "\n")
     refusals = [
         (corpus_of(tmp_path / "latin1.txt"), f"corpus.paths: {tmp_path / 'latin1.txt'} is not UTF-8 text "
                                              "(invalid continuation byte at byte 3)"),
@@ -240,13 +245,15 @@ def test_corpus_files_are_read_as_far_as_their_first_bytes_when_the_workflow_is_
         (corpus_of(tmp_path / "body.parquet"), f"corpus.text_field 'text' is not a column of "
                                                f"{tmp_path / 'body.parquet'} (columns: ['body'])"),
         (corpus_of(tmp_path / "fake.parquet"), f"corpus.paths: {tmp_path / 'fake.parquet'} is not a Parquet file"),
+        (corpus_of(tmp_path / "blank.jsonl"), f"corpus.paths: {tmp_path / 'blank.jsonl'} holds no JSON record"),
     ]
     for config, expected in refusals:
         with pytest.raises(ConfigError) as err:
             study.check(config)
         assert str(err.value).startswith(expected), str(err.value)
     for good in (corpus_of(tmp_path / "book.txt"), corpus_of(tmp_path / "body.jsonl", text_field="body"),
-                 corpus_of(tmp_path / "body.parquet", text_field="body")):
+                 corpus_of(tmp_path / "body.parquet", text_field="body"), corpus_of(tmp_path / "long.jsonl"),
+                 corpus_of(tmp_path / "separator.jsonl")):
         study.check(good)
 
 

@@ -25,6 +25,8 @@ def lock_header(path: str) -> dict[str, str]:
 
 def mismatch(header: dict[str, str], python: str, system: str) -> str | None:
     """Why this interpreter (`python`, "3.11") on this platform (`system`, "linux x86_64") cannot install the lock."""
+    if "python" not in header or "platform" not in header:
+        return "not checked: the lock's header names no `# python:` or `# platform:` (make lock writes both)"
     if python != header["python"]:
         return f"Python {python}, but the lock holds wheels for CPython {header['python']} only"
     if system != header["platform"]:
@@ -34,11 +36,14 @@ def mismatch(header: dict[str, str], python: str, system: str) -> str | None:
 
 def main() -> None:
     path = sys.argv[1]
+    header = lock_header(path)
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    why = mismatch(lock_header(path), python, f"{sys.platform} {platform.machine()}")
+    if sys.implementation.name != "cpython":
+        python = f"{sys.implementation.name} {python}"  # the lock's wheels are CPython's
+    why = mismatch(header, python, f"{sys.platform} {platform.machine()}")
     if why:
         raise SystemExit(f"make setup: {sys.executable} is {why} ({path}); name another interpreter with "
-                         f"PYTHON=, e.g. `make setup PYTHON=python{lock_header(path)['python']}`")
+                         f"PYTHON=, e.g. `make setup PYTHON=python{header.get('python', '3')}`")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pandas as pd
 def costs(pattern: str = "benchmarks/**/*.tsv") -> pd.DataFrame:
     rows = []
     for path in sorted(glob.glob(pattern, recursive=True)):
-        last = pd.read_csv(path, sep="\t").iloc[-1]  # a rerun appends its own row
+        last = pd.read_csv(path, sep="\t").iloc[-1]
         rows.append({"rule": path.split("/")[1].removesuffix(".tsv"), "s": last["s"], "max_rss": last["max_rss"]})
     jobs = pd.DataFrame(rows)
     table = jobs.groupby("rule").agg(jobs=("s", "size"), shortest_s=("s", "min"), longest_s=("s", "max"),

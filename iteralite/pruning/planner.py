@@ -11,7 +11,7 @@ from .groups import KINDS, build_groups, hidden_group_name
 
 PRESETS = {
     # A fixed allocation that keeps the width, and with it the embeddings: SSM channels 25%, expert hidden units
-    # 60%. It removes far less than 40% (17.6% of the default model; the planner reports the real figure).
+    # 60%. It removes 17.6% of the default model (the planner reports the figure of any model).
     "plan": {"width": 0.0, "ssm_channels": 0.25, "expert_hidden": 0.60, "experts": 0.0},
 }
 
