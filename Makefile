@@ -9,9 +9,9 @@ CORES ?= 2
 # The environment comes from a lock (every package pinned, with its SHA-256): the same on every machine. A lock
 # holds wheels for the Python and platform its header names (CPython 3.11, Linux x86_64; tools/lock.py), which
 # tools/check_platform.py checks first. TORCH=cpu (the default): requirements.lock, whose torch is the CPU build from
-# the index its header names (torch-index: PyTorch's CPU index), everything else from PyPI. TORCH=cuda: requirements-cuda.lock,
-# torch's CUDA build with its NVIDIA libraries, all from PyPI, for a cluster with a GPU partition (one venv serves
-# its CPU and GPU jobs: docs/slurm.md). TORCH defaults to the build the venv holds, so `make test` keeps a CUDA
+# the index its header names (torch-index: PyTorch's CPU index), everything else from PyPI. TORCH=cuda:
+# requirements-cuda.lock, torch's CUDA build with its NVIDIA libraries, all from PyPI, for a cluster with a GPU
+# partition (one venv serves its CPU and GPU jobs: docs/slurm.md). TORCH defaults to the build the venv holds, so `make test` keeps a CUDA
 # venv; a change of lock or of TORCH makes the venv afresh.
 PYTHON ?= python3
 TORCH ?= $(or $(patsubst $(VENV)/.installed-%,%,$(wildcard $(VENV)/.installed-*)),cpu)

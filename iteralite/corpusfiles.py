@@ -33,10 +33,10 @@ def builder_of(paths: list[str]) -> str:
     return builders.pop()
 
 
-def check_files(paths: list[str], text_field: str) -> None:
+def check_files(paths: list[str], text_field: str) -> str:
     """What the parse can tell from each file's size and first bytes: it exists and is not empty, its type is read
     here, a text file starts as UTF-8, a JSON Lines file's first record and a Parquet file's schema hold
-    `text_field`."""
+    `text_field`. Returns the builder that reads them (`builder_of`)."""
     if not paths:
         raise CorpusFileError("corpus.paths must list at least one file when corpus.source is 'files'")
     for path in paths:
@@ -52,6 +52,7 @@ def check_files(paths: list[str], text_field: str) -> None:
                 _check_first_record(path, head, text_field)
         elif builder == "parquet":
             _check_parquet_schema(path, text_field)
+    return builder
 
 
 def _utf8_head(path: str) -> str:

@@ -43,10 +43,9 @@ def _load_local_files(paths: list[str], field: str) -> list[str]:
     import datasets
 
     try:  # what the parse checked; a file may have changed since
-        corpusfiles.check_files(paths, field)
+        builder = corpusfiles.check_files(paths, field)
     except corpusfiles.CorpusFileError as err:
         raise DataError(str(err)) from None
-    builder = corpusfiles.builder_of(paths)
     if builder == "text":
         # One document per file: paragraphs of a book must stay in order for contiguous splits.
         docs = []

@@ -294,9 +294,10 @@ def _check_import(config: dict, cfg: ModelConfig) -> None:
         return
     found, file_format = checkpoint_config(checkpoint, config["model"].get("top_k"))
     imported = file_format == "Itera-Lite"
-    if not imported and differences(found, cfg):
+    mismatch = {} if imported else differences(found, cfg)
+    if mismatch:
         raise ConfigError(f"model.checkpoint {checkpoint} does not match the config's model (found, config): "
-                          f"{differences(found, cfg)}")
+                          f"{mismatch}")
     if imported and not tokenizer_path:
         raise ConfigError(f"model.checkpoint {checkpoint} is an Itera-Lite checkpoint: tokenizer.path must name the "
                           "tokenizer it was trained with")
