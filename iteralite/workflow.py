@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 
 
@@ -46,7 +47,14 @@ def workflow_file(snakemake, name: str) -> str:
     return os.path.join(os.path.dirname(os.path.normpath(snakemake.scriptdir)), name)
 
 
+# sbatch's own GPU requests, as a profile may pass them in `slurm_extra`: --gres=gpu..., --gpus, --gpus-per-node
+# (-task, -socket), -G.
+_SBATCH_GPU_REQUEST = re.compile(r"(?:^|\s)(?:--gres[= ]\S*gpu|--gpus(?:-per-\w+)?[= ]|-G ?\d)", re.IGNORECASE)
+
+
 def holds_gpu(resources) -> bool:
-    """Whether the job asked its executor for a GPU, as the Slurm executor plugin reads a request: a `gres` naming
-    one (the Slurm profile's "gpu:1") or a `gpu` count. `resources` is the job's snakemake.resources."""
-    return "gpu" in str(resources.get("gres", "") or "").lower() or int(resources.get("gpu", 0) or 0) > 0
+    """Whether the job asked its executor for a GPU, as the Slurm executor plugin passes a request on: a `gres`
+    naming one (the Slurm profile's "gpu:1"), a `gpu` count, or an sbatch GPU option in `slurm_extra`. `resources` is
+    the job's snakemake.resources."""
+    return ("gpu" in str(resources.get("gres", "") or "").lower() or int(resources.get("gpu", 0) or 0) > 0
+            or bool(_SBATCH_GPU_REQUEST.search(str(resources.get("slurm_extra", "") or ""))))

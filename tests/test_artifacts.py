@@ -133,6 +133,10 @@ def test_a_job_that_holds_a_gpu_and_sees_none_fails_instead_of_running_on_the_cp
     slurm_training = ResourceList(fromdict={"_cores": 8, "gres": "gpu:1", "mem_mb": 4000})
     assert holds_gpu(slurm_training) and holds_gpu(ResourceList(fromdict={"gpu": 2}))
     assert not holds_gpu(ResourceList(fromdict={"_cores": 2, "mem_mb": 2000, "gres": "tmpdisk:10"}))
+    for extra in ("--gres=gpu:a100:1", "--qos=long --gpus=1", "--gpus-per-node 2", "-G 1", "-G1"):
+        assert holds_gpu(ResourceList(fromdict={"slurm_extra": extra})), extra
+    for extra in ("--qos=gpu_long", "--constraint=gpu", "--account=gpulab"):
+        assert not holds_gpu(ResourceList(fromdict={"slurm_extra": extra})), extra
     with pytest.raises(RuntimeError, match=r"^device: auto in a job that holds a GPU, but no CUDA device is visible "
                                            r"on host .+torch .+ is a CPU build: make setup TORCH=cuda"):
         pick_device("auto", holds_gpu(slurm_training))
