@@ -6,11 +6,10 @@ import re
 
 import pandas as pd
 
-from .pruning.groups import build_groups
+from .pruning.model_groups import build_groups
 
-# (pattern on the state-dict name, component, coarse category); the first match wins. Names of both
-# architectures: the project's (tok_emb, norm_f, moe.router) and the reference's (embedding, norm, moe.layer.router,
-# moe.ffn).
+# (pattern on the state-dict name, component, coarse category); the first match wins. The names every
+# architecture's state dict uses (tok_emb or embedding, norm_f or norm, moe.router or moe.layer.router, moe.ffn).
 COMPONENTS = [
     (r"^(tok_emb|embedding)\.", "token embedding (tied LM head)", "embeddings"),
     (r"^(pos_emb|position_embedding)\.", "position embedding", "position embeddings"),

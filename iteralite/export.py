@@ -22,6 +22,7 @@ import onnxruntime
 import torch
 
 from . import onnxgraph, quant, serve
+from .architectures import facet
 from .data import eval_windows
 from .onnxgraph import Int4Weight
 from .train import perplexity
@@ -66,7 +67,8 @@ def model_tensors(model: torch.nn.Module) -> dict[str, onnxgraph.Weight]:
 def build_graphs(model, metadata: dict) -> dict[str, tuple]:
     """{'sequence': (ModelProto, float_layers), 'step': (...)} for a torch model."""
     tensors = model_tensors(model)
-    return {graph: onnxgraph.build(tensors, model.cfg, graph, level, metadata)
+    builder = facet(model.cfg.architecture, "onnx").Builder
+    return {graph: onnxgraph.build(builder, tensors, model.cfg, graph, level, metadata)
             for graph, level in ACCURACY_LEVEL.items()}
 
 
@@ -98,7 +100,7 @@ def verify(model_id: str, model, runtime: serve.OnnxModel, test_tokens: torch.Te
         logits, step_state = runtime.step(rows[:, position], np.full(rows.shape[0], position), step_state)
         stepped.append(logits)
     step_diff = _max_diff(np.stack(stepped, axis=1), onnx_logits[:2])
-    # relative to each state's largest entry where that exceeds 1: the reference architecture's shared scan state
+    # relative to each state's largest entry where that exceeds 1: the Itera-Lite architecture's shared scan state
     # sums its channels' drives and reaches 100-150 in trained models, where float32 carries about 1e-5 of absolute
     # error
     state_diff = max([_max_diff(step_state[name], state[name][:2]) / max(1.0, float(np.abs(state[name]).max()))

@@ -1,25 +1,24 @@
-"""IteraLite as two ONNX graphs, built node by node from the model's own tensors, for ONNX Runtime.
+"""A model as two ONNX graphs, built node by node from its own tensors, for ONNX Runtime: the graph builder every
+architecture's onnx.py extends with its blocks.
 
 The graphs' interface, declared once (`interface`), as in Hugging Face Optimum's exporters; dimension letters as in
-model.py (b batch, l length, di SSM channels of layer i, k d_conv, n d_state, v vocabulary):
+the models (b batch, l length, di SSM channels of layer i, k d_conv, s the layer's scan state: (di, n) or (n,), as
+its config's `scan_state_shape` says, v vocabulary):
 
     sequence (model.onnx): ids (b, l) int64
-                           -> logits (b, l, v), present_conv.{i} (b, di, k-1), present_ssm.{i} (b, di, n)
+                           -> logits (b, l, v), present_conv.{i} (b, di, k-1), present_ssm.{i} (b, s)
     step (step.onnx):      ids (b,) int64, position (b,) int64, past_conv.{i}, past_ssm.{i}
                            -> logits (b, v), present_conv.{i}, present_ssm.{i}
 
 A prompt is prefilled by one call of the sequence graph; generation then calls the step graph once per token with
 the state it returned. i runs over the layers that have an SSM block; the state is the torch model's cache
-(IteraLite.empty_cache), in the same layout. Both graphs compute what IteraLite's forward and step compute:
-- the selective scan is one `com.microsoft.LinearAttention` node (update_rule "gated") per layer: one head per
-  channel with d_k = n and d_v = 1, query C[c, :] and key B[:, c] (constant over time), value delta * x, decay
-  delta * A, scale 1; S_t = exp(g_t) S_{t-1} + k_t v_t and o_t = q_t^T S_t is the scan's h_t and C h_t;
+(`empty_cache`), in the same layout. Both graphs compute what the model's forward and step compute. Shared here:
 - the causal depthwise conv with its SiLU is one `com.microsoft.CausalConvWithState` node, which also returns the
   last k-1 inputs (the conv state);
 - the MoE block runs every expert on every token, weighted by the top-k gates scattered into a (b, l, e) matrix
-  (model._dense_mix): static shapes, the experts' w1 stacked and their w2 joined into two matmuls;
+  (layers._dense_mix): static shapes, the experts' w1 stacked and their w2 joined into two matmuls;
 - an INT4 model keeps its 4-bit weights: every Linear and the tied LM head are `com.microsoft.MatMulNBits`, the
-  embeddings `com.microsoft.GatherBlockQuantized`, on the project's own nibbles, scales and zero points
+  embeddings `com.microsoft.GatherBlockQuantized`, on the package's own nibbles, scales and zero points
   (quant.py's layout, w = (q - zero_point) * scale). The tied table's nibbles are one initializer that the head
   and the gather share; joined expert weights keep their values (a group split into smaller blocks repeats its
   scale and zero point). A layer whose quantization group is under 16 (the kernels' smallest block) is a float32
@@ -36,14 +35,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .architectures import ModelConfig
-from .modelconfig import IteraLiteConfig
+from .modelconfig import LayerSizes as ModelConfig
 
 OPSET = 23  # RMSNormalization (23); ONNX Runtime 1.31 runs it
 IR_VERSION = 10  # onnx writes a newer IR than ONNX Runtime 1.31 reads (13 at most)
 FORMAT = "iteralite-onnx-v1"  # metadata_props["iteralite.format"] of every graph this module writes
 MIN_BLOCK = 16  # MatMulNBits and GatherBlockQuantized take blocks of 16 and more
-RMS_EPS = 1e-5  # model.RMSNorm's
 
 
 @dataclass
@@ -99,11 +96,11 @@ def ssm_layers(cfg: ModelConfig) -> list[int]:
 
 def interface(cfg: ModelConfig) -> dict:
     """Names and shapes of both graphs' inputs and outputs ('b' and 'l' are dynamic)."""
-    k, n = cfg.d_conv - 1, cfg.d_state
+    k = cfg.d_conv - 1
     past, present = {}, {}
     for i in ssm_layers(cfg):
         di = cfg.layer_d_inner[i]
-        scan_state = [n] if cfg.architecture == "reference" else [di, n]  # shared by the channels, or per channel
+        scan_state = cfg.scan_state_shape(i)
         past |= {f"past_conv.{i}": ["b", di, k], f"past_ssm.{i}": ["b", *scan_state]}
         present |= {f"present_conv.{i}": ["b", di, k], f"present_ssm.{i}": ["b", *scan_state]}
     v = cfg.vocab_size
@@ -121,10 +118,11 @@ def _packed_pairs(values: np.ndarray) -> np.ndarray:
 
 
 class GraphBuilder:
-    """Nodes and initializers of one graph of the project's architecture; every method returns the name of the value
-    it made. The reference architecture's builder (iteralite/reference/onnx.py) shares all but its blocks."""
+    """Nodes and initializers of one graph; every method returns the name of the value it made. Each architecture's
+    onnx.py subclasses it with its blocks (`body`) and the names of its embedding tables."""
 
-    TOKEN_TABLE, POSITION_TABLE = "tok_emb", "pos_emb"  # the embeddings' state-dict names
+    TOKEN_TABLE: str  # the embeddings' state-dict names
+    POSITION_TABLE: str
 
     def __init__(self, tensors: dict[str, Weight], graph: str, accuracy_level: int):
         self.tensors, self.graph = tensors, graph
@@ -155,14 +153,6 @@ class GraphBuilder:
         return np.asarray(self.tensors[name], dtype=np.float32)
 
     # -- layers -------------------------------------------------------------------------------------------------
-
-    def rms_norm(self, x: str, name: str, ref_width: int) -> str:
-        """model.RMSNorm: x * rsqrt(sum(x^2) / ref + eps) * w, as the fused RMSNormalization (opset 23)
-        (which divides by the actual width, r * ref): rsqrt(r * mean + eps) = rsqrt(mean + eps / r) / sqrt(r)."""
-        weight = self.array(f"{name}.weight")
-        ratio = weight.shape[0] / ref_width
-        scale = self.const(f"{name}.weight", weight / np.sqrt(np.float32(ratio)))
-        return self.op("RMSNormalization", x, scale, axis=-1, epsilon=RMS_EPS / ratio)
 
     def linear(self, x: str, name: str, bias: bool = False) -> str:
         """y = x W^T (+ b) for the weight `name`.weight (N, K) and its bias `name`.bias."""
@@ -243,41 +233,6 @@ class GraphBuilder:
         self.op("Transpose", present_conv, perm=[0, 2, 1], outputs=[present_name])
         return x
 
-    def ssm_block(self, u: str, i: int, cfg: IteraLiteConfig, conv_state: str, ssm_state: str, outputs: list[str]):
-        """model.SSMBlock on (b, l, d) (l = 1 in the step graph), from the given states ('' = zeros); writes the new
-        states to `outputs` (conv, ssm) and returns the block's output."""
-        p, di, n = f"layers.{i}.ssm", cfg.layer_d_inner[i], cfg.d_state
-        x, z = self.op("Split", self.linear(self.rms_norm(u, f"{p}.norm", cfg.norm_ref_d_model), f"{p}.in_proj"),
-                       self.ints(f"{p}.split", [di, di]), outputs=2, axis=-1)
-        x = self.causal_conv(x, f"{p}.conv1d", conv_state, outputs[0])
-        delta = self.softplus(self.linear(x, f"{p}.delta_proj", bias=True))  # (b, l, di)
-        lead = self.op("Slice", self.op("Shape", x), self.ints("zero", [0]), self.ints("two", [2]))
-        per_state = self.op("Concat", lead, self.ints(f"{p}.di_n", [di * n]), axis=0)  # (b, l, di * n)
-        A = -np.exp(self.array(f"{p}.A_log"))
-        decay = self.op("Reshape", self.op("Mul", self.op("Unsqueeze", delta, self.ints("last", [-1])),
-                                           self.const(f"{p}.A", A)), per_state)
-        query = self.op("Expand", self.const(f"{p}.C_flat", self.array(f"{p}.C").reshape(1, 1, di * n)), per_state)
-        key = self.op("Expand", self.const(f"{p}.B_flat", self.array(f"{p}.B").T.reshape(1, 1, di * n)), per_state)
-        past_ssm = self.op("Unsqueeze", ssm_state, self.ints("last", [-1])) if ssm_state else ""  # (b, di, n, 1)
-        scanned, present_ssm = self.op("LinearAttention", query, key, self.op("Mul", delta, x), past_ssm, decay,
-                                       outputs=2, domain="com.microsoft", q_num_heads=di, kv_num_heads=di,
-                                       scale=1.0, update_rule="gated")
-        self.op("Squeeze", present_ssm, self.ints("last", [-1]), outputs=[outputs[1]])
-        y = self.op("Add", scanned, self.op("Mul", x, self.const(f"{p}.D", self.array(f"{p}.D"))))
-        gated = self.op("Mul", self.rms_norm(y, f"{p}.inner_norm", cfg.norm_ref_d_inner),
-                        self.op("Mul", z, self.op("Sigmoid", z)))
-        return self.op("Add", u, self.linear(gated, f"{p}.out_proj"))
-
-    def moe_block(self, u: str, i: int, cfg: IteraLiteConfig) -> str:
-        """model.MoEBlock with the dense mix: every expert on every token, weighted by the scattered top-k gates.
-        The experts run as two matmuls: their w1 stacked by rows, w2 joined by columns, each expert's hidden
-        channels weighted by its gate in between (sum_e g_e w2_e(h_e) = w2(g h)), and the w2 biases as gates @ b2;
-        a graph of a few nodes per block instead of six per expert, where at one token a node costs its dispatch."""
-        p = f"layers.{i}.moe"
-        x = self.rms_norm(u, f"{p}.norm", cfg.norm_ref_d_model)
-        return self.op("Add", u, self.mixture(x, p, self.linear(x, f"{p}.router"), cfg.top_k_in(i),
-                                              cfg.layer_expert_hidden[i], biases=True))
-
     def mixture(self, x: str, p: str, logits: str, top_k: int, sizes: list[int], biases: bool) -> str:
         """The experts `p`.experts.{e} on x, weighted by the softmax of the top-k router `logits` (..., e), as
         moe_block describes; `biases`: whether the experts' Linears have them."""
@@ -298,14 +253,10 @@ class GraphBuilder:
         b2 = np.stack([self.array(f"{e}.w2.bias") for e in experts])  # (e, d)
         return self.op("Add", out, self.op("MatMul", gates, self.const(f"{p}.experts.b2", b2)))
 
-    def body(self, u: str, cfg: IteraLiteConfig, states: dict[int, tuple[str, str]]) -> str:
-        """Every layer, then the final norm and the head: logits. `states` maps a layer to its past states."""
-        for i in range(cfg.n_layers):
-            if cfg.has_ssm(i):
-                u = self.ssm_block(u, i, cfg, *states.get(i, ("", "")), [f"present_conv.{i}", f"present_ssm.{i}"])
-            if cfg.has_moe(i):
-                u = self.moe_block(u, i, cfg)
-        return self.head(self.rms_norm(u, "norm_f", cfg.norm_ref_d_model))
+    def body(self, u: str, cfg: ModelConfig, states: dict[int, tuple[str, str]]) -> str:
+        """Every layer, then the final norm and the head: logits. `states` maps a layer to its past states
+        (conv, ssm); a layer's SSM block writes its new ones to present_conv.{i} and present_ssm.{i}."""
+        raise NotImplementedError
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
@@ -320,14 +271,11 @@ def _value_infos(spec: dict[str, list], dtypes: dict[str, int]) -> list:
             for name, shape in spec.items()]
 
 
-def build(tensors: dict[str, Weight], cfg: ModelConfig, graph: str, accuracy_level: int,
-          metadata: dict[str, str]) -> tuple[onnx.ModelProto, list[str]]:
+def build(builder_class: type[GraphBuilder], tensors: dict[str, Weight], cfg: ModelConfig, graph: str,
+          accuracy_level: int, metadata: dict[str, str]) -> tuple[onnx.ModelProto, list[str]]:
     """The `graph` ('sequence' or 'step') of the model with these tensors (torch state_dict names; a 4-bit weight
-    as Int4Weight); returns the model and the 4-bit layers that run as float32 MatMuls."""
-    if cfg.architecture == "reference":
-        from .reference.onnx import ReferenceGraphBuilder as builder_class
-    else:
-        builder_class = GraphBuilder
+    as Int4Weight), built by its architecture's builder; returns the model and the 4-bit layers that run as float32
+    MatMuls."""
     builder = builder_class(tensors, graph, accuracy_level)
     if graph == "sequence":
         positions = builder.op("Range", builder.ints("zero_scalar", 0), builder.op(

@@ -1,8 +1,9 @@
 """What made an output: the package code a script runs, and fingerprints of resume state.
 
 Snakemake tracks a rule's script file but not the modules it imports. `code_digest` follows a script's imports of
-this package statically (every `import`/`from ... import` anywhere in a module, lazy ones included) and hashes the
-source of each module reached; the workflow passes that digest as a rule param, so an edit to a module reruns
+this package statically (every `import`/`from ... import` anywhere in a module, lazy ones included, and every
+`facet(..., "<module>")` of the architecture registry as an import of that module of every architecture) and hashes
+the source of each module reached; the workflow passes that digest as a rule param, so an edit to a module reruns
 exactly the rules whose scripts reach it, and what follows them. `files_digest` tracks the files that ship with the
 workflow (the Snakefile and rules for the rule graph, the report's targets, the embedded corpus) the same way:
 by their names within the checkout and their content, so that no param or input holds a path of the checkout.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib
 import json
 from functools import cache
 from pathlib import Path
@@ -51,7 +53,20 @@ def _imported_names(source_path: Path, module: str | None) -> set[str]:
                 base = node.module or ""
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+        elif isinstance(node, ast.Call):
+            names.update(_facets(node))
     return names
+
+
+def _facets(call: ast.Call) -> list[str]:
+    """The modules a call `facet(architecture, "<module>")` of the registry can import: that module of every
+    architecture (those without it are skipped by module_file)."""
+    function = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", None)
+    if function != "facet" or len(call.args) != 2 or not isinstance(call.args[1], ast.Constant):
+        return []
+    # imported by name: a static import would make every user of this module reach the registry
+    registry = importlib.import_module(f"{PACKAGE}.architectures")
+    return [f"{PACKAGE}.architectures.{name}.{call.args[1].value}" for name in registry.ARCHITECTURES]
 
 
 def _with_parents(name: str) -> list[str]:

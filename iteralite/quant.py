@@ -26,6 +26,7 @@ torch's int4 kernels compute (q - 8) * scale + zero', so zero' = (8 - zero_point
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -33,11 +34,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .architectures import config_from_dict
+from .architectures import config_from_dict, model_class
 from .artifacts import CheckpointError, load_torch, save_torch
 from .checkpoint import load_checkpoint
-from .model import IteraLite, count_parameters
-from .reference.model import ReferenceIteraLite
+from .layers import count_parameters
 
 INT4_FORMAT = "iteralite-int4-v3"  # v3: integer zero points (v2: float zeros); the rest in float16
 KERNEL_GROUP_SIZES = (32, 64, 128, 256)
@@ -179,15 +179,10 @@ class Int4Head:
         return self.token_embedding.head(hidden)
 
 
-class QuantizedIteraLite(Int4Head, IteraLite):
-    """The project's architecture with INT4 weights."""
-
-
-class QuantizedReferenceIteraLite(Int4Head, ReferenceIteraLite):
-    """The reference architecture with INT4 weights."""
-
-
-QUANTIZED_MODELS = {"project": QuantizedIteraLite, "reference": QuantizedReferenceIteraLite}
+@functools.cache
+def quantized_class(model: type) -> type:
+    """An architecture's model class with INT4 weights: its forward, through the 4-bit tied table as LM head."""
+    return type(f"Quantized{model.__module__.split('.')[-2].title().replace('_', '')}", (Int4Head, model), {})
 
 
 def is_quantized(name: str, tensor: torch.Tensor, keep: list[str]) -> bool:
@@ -340,7 +335,7 @@ def load_quantized(path, device="cpu", path_mode: str = "auto", blob: dict | Non
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"INT4 model file {path} has an unusable model config: {err}") from None
     with torch.device("meta"):
-        model = QUANTIZED_MODELS[cfg.architecture](cfg)
+        model = quantized_class(model_class(cfg))(cfg)
     try:
         dense, quantized = _unflatten(blob)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:  # an index that does not match its tensors

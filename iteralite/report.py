@@ -468,6 +468,20 @@ def source_section(source: dict | None) -> list[str]:
             f"<p>Warnings:</p><ul>{warnings}</ul>"]
 
 
+def category_table(analysis: dict, plan: dict) -> pd.DataFrame:
+    """The measured parameters by category, and the study plan's figures beside them where the model has the plan's
+    parameter count (report/targets.yaml, plan_breakdown)."""
+    table = pd.DataFrame(analysis["category_breakdown"])
+    measured = table.assign(params=table["params"].map("{:,}".format),
+                            percent=table["percent"].map("{:.1f}%".format))
+    if analysis["total_params"] != plan["parameters"]:
+        return measured
+    planned = plan["categories"]
+    return measured.assign(**{
+        "plan's params": [planned.get(c, {}).get("params", "") for c in table["category"]],
+        "plan's percent": [f"{planned[c]['percent']:.1f}%" if c in planned else "" for c in table["category"]]})
+
+
 def build(inputs: dict, config: dict, out_path: str) -> None:
     everything = pd.read_csv(inputs["summary"])
     summary = everything[everything["runtime"] == "torch"]  # the study's own analysis; exports have their section
@@ -478,7 +492,8 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
     torch_speed = speed[speed["runtime"] == "torch"]
     samples = read_json(inputs["samples"])
     with open(inputs["targets"], encoding="utf-8") as f:
-        targets = yaml.safe_load(f)["targets"]
+        shipped = yaml.safe_load(f)
+    targets = shipped["targets"]
     prune_stats = [read_json(p) for p in _as_list(inputs.get("prune_stats"))]
     sections = [
         "<h1>IteraLite compression study</h1>",
@@ -499,9 +514,9 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
         "<h2>Parameter distribution</h2>", parameter_plot(analysis),
         table_html(display(pd.DataFrame(analysis["by_component"]).assign(
             percent=lambda f: f["percent"].map("{:.1f}%".format)))),
-        f"<p>By category ({html.escape(analysis['config']['architecture'])} architecture):</p>",
-        table_html(pd.DataFrame(analysis["category_breakdown"]).assign(
-            params=lambda f: f["params"].map("{:,}".format), percent=lambda f: f["percent"].map("{:.1f}%".format))),
+        f"<p>By category ({html.escape(analysis['config']['architecture'])} architecture; where the model has "
+        "the study plan's 1,886,496 parameters, the plan's own figures beside them, from report/targets.yaml):</p>",
+        table_html(category_table(analysis, shipped["plan_breakdown"])),
     ]
     if inputs.get("importance"):
         sections += ["<h2>Importance</h2>", importance_plot(_as_list(inputs["importance"]))]

@@ -15,7 +15,7 @@ import yaml
 
 from . import bench, quant
 from .architectures import build_model
-from .model import count_parameters
+from .layers import count_parameters
 from .pruning import criteria, planner, surgery
 from .study import model_config, plan_for
 

@@ -11,7 +11,7 @@ import os
 from functools import cache
 
 from . import corpusfiles, naming
-from .architectures import ModelConfig, config_from_dict, differences
+from .architectures import ITERA_LITE_FILES, ModelConfig, config_class, differences, facet, study_architecture
 from .paths import EMBEDDED_CORPUS
 from .pruning.planner import PlanError, plan_target
 
@@ -22,19 +22,21 @@ class ConfigError(ValueError):
 
 def model_config(config: dict) -> ModelConfig:
     """The model the study starts from: an imported Itera-Lite checkpoint's (`model.checkpoint`), else the model
-    section's sizes for its architecture (the project's when unnamed), its vocabulary the tokenizer's."""
+    section's sizes for its architecture (the default's when unnamed), its vocabulary the tokenizer's."""
     checkpoint = config["model"].get("checkpoint")
     imported = imported_config(checkpoint, config["model"].get("top_k")) if checkpoint else None
     if imported is not None:  # its table may have rows the tokenizer's ids never reach
         rows = tokenizer_rows(config["tokenizer"]) if config["tokenizer"].get("path") else imported.vocab_size
         return dataclasses.replace(imported, vocab_reachable=rows if rows < imported.vocab_size else 0)
-    values = {k: v for k, v in config["model"].items() if k != "checkpoint"}
+    values = {k: v for k, v in config["model"].items() if k not in ("checkpoint", "architecture")}
     values["vocab_size"] = tokenizer_rows(config["tokenizer"])
-    if values.get("architecture", "project") == "project" and "moe_layers" in values:
-        raise ConfigError("model.moe_layers applies to model.architecture reference only (the project's "
-                          "architecture has an MoE block in every layer)")
     try:
-        return config_from_dict(values)
+        config_type = config_class(study_architecture(config["model"]))
+        foreign = sorted(set(values) - set(config_type.__dataclass_fields__))
+        if foreign:
+            raise ConfigError(f"model.{foreign[0]} is not a size of model.architecture {config_type.architecture} "
+                              f"(its sizes: {', '.join(config_type.__dataclass_fields__)})")
+        return config_type.from_dict(values)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
 
@@ -47,8 +49,9 @@ def imported_config(path: str, top_k: int | None) -> ModelConfig | None:
 
 
 def checkpoint_config(path: str, top_k: int | None) -> tuple[ModelConfig, str]:
-    """(its model's config, its format) of the file model.checkpoint names, read in full (iteralite.reference.convert:
-    no code runs, every tensor checked) when the workflow is parsed, so torch is imported only then."""
+    """(its model's config, its format) of the file model.checkpoint names, read in full (the Itera-Lite
+    architecture's convert.py: no code runs, every tensor checked) when the workflow is parsed, so torch is
+    imported only then."""
     if not os.path.isfile(path):
         raise ConfigError(f"model.checkpoint: file not found: {path}")
     stat = os.stat(path)
@@ -58,10 +61,9 @@ def checkpoint_config(path: str, top_k: int | None) -> tuple[ModelConfig, str]:
 @cache
 def _read_checkpoint_config(path: str, size: int, mtime: int, top_k: int | None) -> tuple[ModelConfig, str]:
     from .artifacts import CheckpointError
-    from .reference.convert import read_user_checkpoint
 
     try:
-        model, info = read_user_checkpoint(path, top_k)
+        model, info = facet(ITERA_LITE_FILES, "convert").read_user_checkpoint(path, top_k)
     except CheckpointError as err:
         message = str(err)
         raise ConfigError(message if message.startswith("model.checkpoint") else f"model.checkpoint: {message}") \
@@ -74,12 +76,11 @@ def tokenizer_rows(tokenizer: dict) -> int:
     BPE's tokenizer.vocab_size."""
     if not tokenizer.get("path"):
         return tokenizer["vocab_size"]
-    from .reference.tokenizer import TokenizerError, id_count, read_tokenizer
-
+    reader = facet(ITERA_LITE_FILES, "tokenizer")
     try:
-        return id_count(read_tokenizer(tokenizer["path"])[0])
-    except (TokenizerError, UnicodeDecodeError) as err:
-        raise ConfigError(str(err) if isinstance(err, TokenizerError) else
+        return reader.id_count(reader.read_tokenizer(tokenizer["path"])[0])
+    except (reader.TokenizerError, UnicodeDecodeError) as err:
+        raise ConfigError(str(err) if isinstance(err, reader.TokenizerError) else
                           f"tokenizer.path {tokenizer['path']} is not UTF-8 text") from None
 
 

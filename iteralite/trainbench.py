@@ -1,18 +1,14 @@
-"""`make bench-train`: the training step of the project's path against the reference path and the no-scan floor,
-and of the reference architecture (iteralite/reference: the Itera-Lite model at the same sizes, its shared-state
-scan in closed form per chunk), side by side in one process, on the same batches, repeats interleaved, medians;
-and the process's peak memory.
+"""`make bench-train`: the training step of the study's architecture on each of its paths (its model.py's
+`training_paths`: the one training takes, the alternatives, a no-scan floor where it has one), and of every other
+registered architecture at the same sizes, side by side in one process, on the same batches, repeats interleaved,
+medians; and the process's peak memory.
 
-On CPU: the fused numba scan, the same with the GPU's MoE dispatch (every expert on every token), the reference scan
-(torch ops), and the scan replaced by y = D * x (the floor: what a step costs without any scan), eager steps.
-On CUDA: the project's path (Triton scan, static-shape MoE dispatch, the
-step as one CUDA graph), the same path eager, the reference path (reference scan, gathered MoE, eager: the path before
-the GPU kernels) and the floor (graphed).
-
-Usage: python -m iteralite.trainbench [config.yaml] [threads] [repeats] [--device auto|cpu|cuda] [--sizes S,M,L]
-Sizes: S is the config's model at its batch; M, L are larger IteraLites (SIZES); L128 is L at S's 32 x 128 windows,
-for the cost per token against the sequence length. The last line reads, for the first size:
-training: <N> tokens/s, <R>x the no-scan floor, peak RSS <M> MiB
+Usage: python -m iteralite.trainbench [config.yaml ...] [--threads T] [--repeats R] [--device auto|cpu|cuda]
+       [--sizes S,M,L]
+Config files merge key by key as Snakemake merges them (`config/config.yaml config/selective_scan.yaml` times the
+selective-scan study). Sizes: S is the config's model at its batch; M, L are larger models (SIZES); L128 is L at S's
+32 x 128 windows, for the cost per token against the sequence length. The last line reads, for the first size:
+training: <N> tokens/s[, <R>x the no-scan floor], peak RSS <M> MiB
 """
 
 from __future__ import annotations
@@ -27,15 +23,15 @@ import time
 import torch
 import yaml
 
-from . import model as model_module
-from . import scan
+from .architectures import ARCHITECTURES, config_class, facet, study_architecture
 from .bench import machine
-from .model import IteraLite, count_parameters
-from .modelconfig import IteraLiteConfig
-from .reference.config import ReferenceConfig
-from .reference.model import ReferenceIteraLite
+from .layers import TrainingPath, count_parameters
 from .train import TrainConfig, batch_losses, eager_step, pick_device, training_step
 from .workflow import bound_native_caches
+
+# The sizes every architecture's config has: another architecture is timed at the study's.
+SHARED_SIZES = ("vocab_size", "d_model", "n_layers", "max_seq", "d_inner", "d_state", "d_conv", "n_experts",
+                "expert_hidden", "top_k")
 
 # name -> (model overrides, batch size, window length); S takes the config's model and train.batch_size.
 SIZES = {
@@ -48,24 +44,6 @@ SIZES = {
              32, 128),
 }
 
-# variant -> (scan implementation, dense MoE dispatch, graphed step), per device type; the first is the project's
-# path and "floor" the no-scan floor.
-VARIANTS = {
-    "cpu": {"fused": ("auto", False, False), "dense_moe": ("auto", True, False),
-            "reference": ("reference", False, False), "delta": ("delta", False, False),
-            "floor": ("none", False, False)},
-    "cuda": {"project": ("auto", True, True), "eager": ("auto", True, False),
-             "reference": ("reference", False, False), "floor": ("none", True, True)},
-}
-LABELS = {"fused": "project's scan (fused CPU kernel)", "dense_moe": "the same, every expert on every token",
-          "reference": "reference scan (torch ops), eager",
-          "delta": "no scan, delta's path kept", "floor": "no scan (y = D * x)",
-          "project": "Triton scan, dense MoE, CUDA graph", "eager": "Triton scan, dense MoE, eager",
-          "architecture": "reference architecture (shared state)"}
-
-
-DEFAULTS = (scan.IMPLEMENTATION, set(model_module.DENSE_DISPATCH_DEVICES))
-
 
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
@@ -73,21 +51,25 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def settings(variant: tuple[str, bool, bool]):
-    """Set the scan implementation and the MoE dispatch of a variant (read when a step runs or is captured)."""
-    implementation, dense_moe, _ = variant
-    scan.IMPLEMENTATION = implementation
-    model_module.DENSE_DISPATCH_DEVICES = {"cpu", "cuda"} if dense_moe else set()
+def applied(paths: list[TrainingPath]) -> dict:
+    """The current value of every setting the paths change, to restore after timing."""
+    return {key: getattr(*key) for path in paths for key in path.settings}
 
 
-def make_step(model: IteraLite, cfg: TrainConfig, device: torch.device, variant, seq: int):
+def apply(settings: dict) -> None:
+    """Set module attributes (read when a step runs or is captured)."""
+    for (module, name), value in settings.items():
+        setattr(module, name, value)
+
+
+def make_step(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, path: TrainingPath, seq: int):
     """One training step of `model` as `step(batch)`: the CPU bench's eager AdamW step, or the training loop's own
     step on CUDA (graphed or eager)."""
-    settings(variant)
+    apply(path.settings)
     if device.type == "cuda":
         optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(cfg.lr, device=device),
                                       weight_decay=cfg.weight_decay, foreach=True, capturable=True)
-        if not variant[2]:
+        if not path.graphed:
             return eager_step(model, optimizer, cfg, None, device)
         example = torch.zeros(cfg.batch_size, seq + 1, dtype=torch.long, device=device)
         return training_step(model, optimizer, cfg, None, device, example)
@@ -103,12 +85,14 @@ def make_step(model: IteraLite, cfg: TrainConfig, device: torch.device, variant,
     return step
 
 
-def time_steps(steps: dict, batches: list[torch.Tensor], variants: dict, device: torch.device) -> dict:
+def time_steps(steps: dict, batches: list[torch.Tensor], paths: dict[str, TrainingPath],
+               device: torch.device) -> dict:
     """Seconds per step of each variant, interleaved batch by batch."""
+    saved = applied(list(paths.values()))
     times = {name: [] for name in steps}
     for batch in batches:
         for name, step in steps.items():
-            settings(variants[name])
+            apply(paths[name].settings)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
@@ -116,62 +100,78 @@ def time_steps(steps: dict, batches: list[torch.Tensor], variants: dict, device:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
-    scan.IMPLEMENTATION, model_module.DENSE_DISPATCH_DEVICES = DEFAULTS
+    apply(saved)
     return times
 
 
 def bench_size(config: dict, size: str, device: torch.device, repeats: int) -> dict[str, float]:
     overrides, batch_size, seq = SIZES[size]
-    # the project's model at the config's sizes; the reference architecture at the same sizes is timed beside it
-    sizes = {k: v for k, v in config["model"].items() if k not in ("checkpoint", "architecture", "moe_layers")}
-    model_cfg = IteraLiteConfig(vocab_size=config["tokenizer"]["vocab_size"], **{**sizes, **overrides})
+    architecture = study_architecture(config["model"])
+    sizes = {k: v for k, v in config["model"].items() if k not in ("checkpoint", "architecture")}
+    model_cfg = config_class(architecture)(vocab_size=config["tokenizer"]["vocab_size"], **{**sizes, **overrides})
     batch_size = batch_size or config["train"]["batch_size"]
     cfg = TrainConfig.from_dict({**config["train"], "seed": 0, "batch_size": batch_size})
     seq = seq or model_cfg.max_seq
     torch.manual_seed(0)
-    dense = IteraLite(model_cfg).to(device)
+    dense = facet(architecture, "model").Model(model_cfg).to(device)
     batches = [torch.randint(0, model_cfg.vocab_size, (cfg.batch_size, seq + 1), device=device)
                for _ in range(repeats + 2)]
-    variants = VARIANTS[device.type]
-    project = next(iter(variants))
-    # The reference architecture (iteralite/reference) at the same sizes, on the project's path settings.
-    torch.manual_seed(0)
-    reference_arch = ReferenceIteraLite(ReferenceConfig(vocab_size=model_cfg.vocab_size, **{
-        k: getattr(model_cfg, k) for k in ("d_model", "n_layers", "max_seq", "d_inner", "d_state", "d_conv",
-                                           "n_experts", "expert_hidden", "top_k")})).to(device)
-    # The CPU reference scan last and shorter, so that its (l, b, di, n) tensors do not count in the peak.
-    timed = {name: v for name, v in variants.items() if device.type == "cuda" or name != "reference"}
-    steps = {name: make_step(copy.deepcopy(dense), cfg, device, variants[name], seq) for name in timed}
-    variants = {**variants, "architecture": variants[project]}
-    steps["architecture"] = make_step(reference_arch, cfg, device, variants["architecture"], seq)
-    time_steps(steps, batches[:2], variants, device)  # warm-up: compilation (cached on disk), first allocations
-    times = time_steps(steps, batches[2:], variants, device)
+    paths = facet(architecture, "model").training_paths(device.type)
+    own = next(iter(paths))
+    timed = {name: path for name, path in paths.items() if not path.timed_apart}
+    steps = {name: make_step(copy.deepcopy(dense), cfg, device, path, seq) for name, path in timed.items()}
+    labels = {name: path.label for name, path in paths.items()}
+    for other in (name for name in ARCHITECTURES if name != architecture):  # on its own first path
+        other_paths = facet(other, "model").training_paths(device.type)
+        first = next(iter(other_paths))
+        torch.manual_seed(0)
+        other_cfg = config_class(other)(**{k: getattr(model_cfg, k) for k in SHARED_SIZES})
+        paths[other], labels[other] = other_paths[first], f"{other} architecture ({other_paths[first].label})"
+        steps[other] = make_step(facet(other, "model").Model(other_cfg).to(device), cfg, device, paths[other], seq)
+    time_steps(steps, batches[:2], paths, device)  # warm-up: compilation (cached on disk), first allocations
+    times = time_steps(steps, batches[2:], paths, device)
     median = {name: statistics.median(t) for name, t in times.items()}
     peak = peak_memory_mb(device)
-    if device.type == "cpu":
-        reference = time_steps({"reference": make_step(copy.deepcopy(dense), cfg, device, variants["reference"], seq)},
-                               batches[: min(4, repeats)], variants, device)["reference"][1:]
-        median["reference"] = statistics.median(reference)
+    for name in (name for name, path in paths.items() if path.timed_apart):  # last and shorter, after the peak
+        apart = time_steps({name: make_step(copy.deepcopy(dense), cfg, device, paths[name], seq)},
+                           batches[: min(4, repeats)], paths, device)[name][1:]
+        median[name] = statistics.median(apart)
     tokens = cfg.batch_size * seq
-    n_params = sum(p.numel() for p in dense.parameters())
-    print(f"\nsize {size}: {n_params:,} parameters ({count_parameters(reference_arch):,} in the reference "
-          f"architecture), batch {cfg.batch_size} x {seq}, AdamW, median of {repeats} "
-          f"interleaved steps")
-    floor = median["floor"]
-    for name in variants:
-        print(f"  {LABELS[name]:<38}{1000 * median[name]:>8.1f} ms/step{tokens / median[name]:>12,.0f} tokens/s"
-              f"{median[name] / floor:>7.2f}x floor")
-    print(f"  reference architecture / project's: {median['architecture'] / median[project]:.2f}x the time per "
-          "token")
-    return {"tokens_per_s": tokens / median[project], "floor_ratio": median[project] / floor, "peak_mb": peak,
-            "per_token_s": median[project] / tokens}
+    print(f"\nsize {size}: {architecture} architecture, {count_parameters(dense):,} parameters, batch "
+          f"{cfg.batch_size} x {seq}, AdamW, median of {repeats} interleaved steps")
+    floor = median.get("floor")
+    for name in median:
+        against = f"{median[name] / floor:>7.2f}x floor" if floor else ""
+        print(f"  {labels[name]:<58}{1000 * median[name]:>8.1f} ms/step{tokens / median[name]:>12,.0f} tokens/s"
+              f"{against}")
+    for other in (name for name in ARCHITECTURES if name in median):
+        print(f"  {other} / {architecture}: {median[other] / median[own]:.2f}x the time per token")
+    return {"tokens_per_s": tokens / median[own], "floor_ratio": median[own] / floor if floor else None,
+            "peak_mb": peak, "per_token_s": median[own] / tokens}
+
+
+def merged(paths: list[str]) -> dict:
+    """Config files merged key by key, later ones winning (as Snakemake merges --configfile)."""
+    config: dict = {}
+
+    def merge(into: dict, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            merge(config, yaml.safe_load(f) or {})
+    return config
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", nargs="?", default="config/config.yaml")
-    parser.add_argument("threads", nargs="?", type=int, default=2)
-    parser.add_argument("repeats", nargs="?", type=int, default=7)
+    parser.add_argument("config", nargs="*", default=["config/config.yaml"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--sizes", default="S", help=f"comma-separated, of {', '.join(SIZES)}")
     args = parser.parse_args(argv)
@@ -179,8 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         parser.error(f"--sizes: unknown {unknown}; choose from {list(SIZES)}")
-    with open(args.config, encoding="utf-8") as f:
-        config = yaml.safe_load(f)
+    config = merged(args.config)
     bound_native_caches()
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -192,8 +191,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{results['L']['per_token_s'] / results['L128']['per_token_s']:.2f}x")
     first = results[sizes[0]]
     memory = "peak GPU memory" if device.type == "cuda" else "peak RSS"
-    print(f"training: {first['tokens_per_s']:.0f} tokens/s, {first['floor_ratio']:.2f}x the no-scan floor, "
-          f"{memory} {first['peak_mb']:.0f} MiB")
+    floor = f", {first['floor_ratio']:.2f}x the no-scan floor" if first["floor_ratio"] else ""
+    print(f"training: {first['tokens_per_s']:.0f} tokens/s{floor}, {memory} {first['peak_mb']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -9,19 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from iteralite.model import IteraLite, IteraLiteConfig
+from iteralite.architectures.selective_scan.config import Config as SelectiveScanConfig
+from iteralite.architectures.selective_scan.model import Model as SelectiveScan
 
 
 @pytest.fixture
 def tiny_cfg():
-    return IteraLiteConfig(vocab_size=300, d_model=32, n_layers=2, max_seq=32, d_inner=48, d_state=4, d_conv=4,
+    return SelectiveScanConfig(vocab_size=300, d_model=32, n_layers=2, max_seq=32, d_inner=48, d_state=4, d_conv=4,
                            n_experts=4, expert_hidden=16, top_k=2)
 
 
 @pytest.fixture
 def tiny_model(tiny_cfg):
     torch.manual_seed(0)
-    model = IteraLite(tiny_cfg).eval()
+    model = SelectiveScan(tiny_cfg).eval()
     # Move weights away from init so no channel is trivially zero or equal.
     with torch.no_grad():
         for p in model.parameters():
@@ -38,9 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # variants (about 27 s here) and caches them in iteralite/__pycache__.
 COMPILE_KERNELS = """
 import torch
-from iteralite.model import IteraLite, IteraLiteConfig
-model = IteraLite(IteraLiteConfig(vocab_size=64, d_model=16, n_layers=2, max_seq=8, d_inner=16, d_state=4, d_conv=4,
-                                  n_experts=2, expert_hidden=8, top_k=2))
+from iteralite.architectures.selective_scan.model import Model as SelectiveScan
+from iteralite.architectures.selective_scan.config import Config as SelectiveScanConfig
+model = SelectiveScan(SelectiveScanConfig(vocab_size=64, d_model=16, n_layers=2, max_seq=8, d_inner=16, d_state=4,
+                                          d_conv=4, n_experts=2, expert_hidden=8, top_k=2))
 for threads in (1, 2):
     torch.set_num_threads(threads)
     model(torch.zeros(1, 8, dtype=torch.long))[0].sum().backward()

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from iteralite import export, onnxgraph, quant, serve
+from iteralite.architectures import facet
+from iteralite.architectures.selective_scan.config import Config as SelectiveScanConfig
+from iteralite.architectures.selective_scan.model import Model as SelectiveScan
 from iteralite.checkpoint import save_checkpoint
-from iteralite.model import IteraLite, IteraLiteConfig
 from iteralite.stages import export as export_stage
 
 KEEP = ["A_log", "D", "conv1d", "norm", "bias"]
@@ -94,10 +96,10 @@ def test_a_pruned_model_with_a_skipped_block_and_small_groups_exports(tmp_path):
     MatMulNBits' smallest block (a 24-wide expert: groups of 8; its layer's joined w2 runs as a float32 MatMul of
     the same values)."""
     torch.manual_seed(1)
-    cfg = IteraLiteConfig(vocab_size=300, d_model=32, n_layers=3, max_seq=32, d_inner=48, d_state=4, n_experts=3,
+    cfg = SelectiveScanConfig(vocab_size=300, d_model=32, n_layers=3, max_seq=32, d_inner=48, d_state=4, n_experts=3,
                           expert_hidden=16, top_k=2, layer_d_inner=[48, 0, 32],
                           layer_expert_hidden=[[16, 24], [16, 16, 16], []])
-    model = IteraLite(cfg).eval()
+    model = SelectiveScan(cfg).eval()
     files, manifest = export.export("m", saved(model, tmp_path, True), TOKENS, "sha", SETTINGS)
     assert set(manifest["interface"]["step"]["inputs"]) == {"ids", "position", "past_conv.0", "past_ssm.0",
                                                             "past_conv.2", "past_ssm.2"}
@@ -170,7 +172,7 @@ def exported(tmp_path_factory, tiny_cfg):
     """The tiny model, INT4, exported by the rule's stage function, with its tokenizer."""
     tmp_path = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
-    model = IteraLite(tiny_cfg).eval()
+    model = SelectiveScan(tiny_cfg).eval()
     tokens_path, tokenizer_path = tokens_and_tokenizer(tmp_path)
     directory = tmp_path / "int4-finetuned" / "x"
     export_stage.export("int4-finetuned/x", saved(model, tmp_path, True), tokens_path, tokenizer_path, SETTINGS,
@@ -180,7 +182,7 @@ def exported(tmp_path_factory, tiny_cfg):
 
 @pytest.fixture(scope="module")
 def tiny_cfg():  # the module-scoped twin of conftest's (the export is made once for every serving test)
-    return IteraLiteConfig(vocab_size=300, d_model=32, n_layers=2, max_seq=32, d_inner=48, d_state=4, d_conv=4,
+    return SelectiveScanConfig(vocab_size=300, d_model=32, n_layers=2, max_seq=32, d_inner=48, d_state=4, d_conv=4,
                            n_experts=4, expert_hidden=16, top_k=2)
 
 
@@ -300,10 +302,11 @@ def test_a_prompt_or_argument_that_does_not_fit_gets_one_line_naming_it(exported
 
 def test_a_graph_is_checked_before_it_is_returned():
     """The builder's output passes onnx's checker with the declared interface (names and dynamic axes)."""
-    cfg = IteraLiteConfig(vocab_size=50, d_model=16, n_layers=1, max_seq=8, d_inner=16, d_state=2, n_experts=2,
+    cfg = SelectiveScanConfig(vocab_size=50, d_model=16, n_layers=1, max_seq=8, d_inner=16, d_state=2, n_experts=2,
                           expert_hidden=16, top_k=1)
-    model = IteraLite(cfg).eval()
-    proto, _ = onnxgraph.build(export.model_tensors(copy.deepcopy(model)), cfg, "step", 0, {})
+    model = SelectiveScan(cfg).eval()
+    builder = facet(cfg.architecture, "onnx").Builder
+    proto, _ = onnxgraph.build(builder, export.model_tensors(copy.deepcopy(model)), cfg, "step", 0, {})
     names = [i.name for i in proto.graph.input]
     assert names == ["ids", "position", "past_conv.0", "past_ssm.0"]
     assert [o.name for o in proto.graph.output] == ["logits", "present_conv.0", "present_ssm.0"]

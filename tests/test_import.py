@@ -1,4 +1,5 @@
-"""Importing a user's Itera-Lite checkpoint and tokenizer (iteralite/reference/convert.py, tokenizer.py)."""
+"""Importing a user's Itera-Lite checkpoint and tokenizer (iteralite/architectures/itera_lite/convert.py,
+tokenizer.py)."""
 
 import copy
 import dataclasses
@@ -10,11 +11,11 @@ import torch
 import yaml
 
 from iteralite import study
+from iteralite.architectures.itera_lite.config import Config as IteraLiteConfig
+from iteralite.architectures.itera_lite.convert import read_user_checkpoint
+from iteralite.architectures.itera_lite.model import Model as IteraLiteModel
+from iteralite.architectures.itera_lite.tokenizer import TokenizerError, read_tokenizer
 from iteralite.artifacts import CheckpointError
-from iteralite.reference.config import ReferenceConfig
-from iteralite.reference.convert import read_user_checkpoint
-from iteralite.reference.model import ReferenceIteraLite
-from iteralite.reference.tokenizer import TokenizerError, read_tokenizer
 
 ITERA_CONFIG = {"vocab_size": 90, "hidden_size": 32, "num_layers": 3, "ssm_state_size": 4, "ssm_conv_kernel": 4,
                 "ssm_expand_factor": 2, "num_experts": 3, "expert_size": 16, "top_k_experts": 2, "moe_layers": [1],
@@ -24,11 +25,11 @@ ITERA_CONFIG = {"vocab_size": 90, "hidden_size": 32, "num_layers": 3, "ssm_state
 
 @pytest.fixture
 def original():
-    """A model of the reference architecture at Itera-Lite's sizes above, with trained-looking LayerNorms."""
+    """A model of the Itera-Lite architecture at Itera-Lite's sizes above, with trained-looking LayerNorms."""
     torch.manual_seed(0)
-    cfg = ReferenceConfig(vocab_size=90, d_model=32, n_layers=3, max_seq=128, d_inner=64, d_state=4, n_experts=3,
+    cfg = IteraLiteConfig(vocab_size=90, d_model=32, n_layers=3, max_seq=128, d_inner=64, d_state=4, n_experts=3,
                           expert_hidden=16, top_k=2, moe_layers=[1])
-    model = ReferenceIteraLite(cfg).eval()
+    model = IteraLiteModel(cfg).eval()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.LayerNorm):
@@ -234,15 +235,15 @@ def test_the_projects_own_checkpoints_keep_loading(tiny_model, tmp_path):
     assert pickle.dumps(model.cfg) == pickle.dumps(tiny_model.cfg)
 
 
-@pytest.mark.parametrize("architecture", ["project", "reference"])
+@pytest.mark.parametrize("architecture", ["selective_scan", "itera_lite"])
 def test_rows_no_token_reaches_are_pruned_leaving_every_reachable_logit_and_lowering_perplexity(architecture):
     """A table of 90 rows of which a tokenizer reaches 10: the vocab group removes the 80 others, in one pruned model
     with the other groups; the reachable logits stay exactly (the head is a matmul per row), the perplexity of any
     reachable targets can only fall (the softmax loses terms), and the planner counts the rows it removes."""
     from iteralite.architectures import build_model, config_from_dict
-    from iteralite.model import count_parameters
+    from iteralite.layers import count_parameters
     from iteralite.pruning import planner, surgery
-    from iteralite.pruning.groups import build_groups
+    from iteralite.pruning.model_groups import build_groups
 
     torch.manual_seed(0)
     sizes = {"architecture": architecture, "vocab_size": 90, "d_model": 32, "n_layers": 2, "max_seq": 16,
@@ -299,7 +300,7 @@ def test_a_study_of_an_imported_word_level_model_starts_from_it_and_says_so(tmp_
     (workdir / "words.json").write_text(json.dumps({"vocab_size": 200, "token_to_id": vocabulary,
                                                      "id_to_token": {}}))
     torch.manual_seed(0)
-    model = ReferenceIteraLite(ReferenceConfig(vocab_size=200, d_model=32, n_layers=2, max_seq=64, d_inner=64,
+    model = IteraLiteModel(IteraLiteConfig(vocab_size=200, d_model=32, n_layers=2, max_seq=64, d_inner=64,
                                                d_state=4, n_experts=4, expert_hidden=16, top_k=2)).eval()
     model.lm_head = torch.nn.Linear(32, 200, bias=False)
     model.lm_head.weight = model.embedding.weight
@@ -316,7 +317,7 @@ def test_a_study_of_an_imported_word_level_model_starts_from_it_and_says_so(tmp_
               "results/models/pruned/l1-t40-s1/model.pt", *args)
     analysis = json.loads((workdir / "results/analysis/params.json").read_text())
     assert analysis["source"]["file"] == "itera.pt" and "int8 dynamically quantized Linears (dequantized)" in \
-        analysis["source"]["layout"] and analysis["config"]["architecture"] == "reference"
+        analysis["source"]["layout"] and analysis["config"]["architecture"] == "itera_lite"
     assert {"kind": "vocab", "channels": 200} == {k: v for k, v in next(
         g for g in analysis["groups"] if g["kind"] == "vocab").items() if k in ("kind", "channels")}
     stats = json.loads((workdir / "results/models/pruned/l1-t40-s1/prune_stats.json").read_text())

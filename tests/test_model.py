@@ -1,12 +1,14 @@
 import torch
 
-from iteralite.model import IteraLite, IteraLiteConfig, count_parameters
-from iteralite.modelconfig import parameter_count
+from iteralite.architectures.selective_scan.config import Config as SelectiveScanConfig
+from iteralite.architectures.selective_scan.config import parameter_count
+from iteralite.architectures.selective_scan.model import Model as SelectiveScan
+from iteralite.layers import count_parameters
 
 
 def test_default_shapes_and_parameter_count():
-    cfg = IteraLiteConfig()
-    model = IteraLite(cfg)
+    cfg = SelectiveScanConfig()
+    model = SelectiveScan(cfg)
     ssm = model.layers[0]["ssm"]
     assert tuple(ssm.in_proj.weight.shape) == (512, 128)
     assert tuple(ssm.delta_proj.weight.shape) == (256, 256)
@@ -20,14 +22,14 @@ def test_default_shapes_and_parameter_count():
 
 
 def test_parameter_count_arithmetic_on_uneven_config():
-    cfg = IteraLiteConfig(vocab_size=500, d_model=40, n_layers=3, max_seq=16, d_inner=24,
+    cfg = SelectiveScanConfig(vocab_size=500, d_model=40, n_layers=3, max_seq=16, d_inner=24,
                           layer_d_inner=[24, 16, 8], layer_expert_hidden=[[8, 4], [12], [4, 4, 4]])
-    assert parameter_count(cfg) == count_parameters(IteraLite(cfg))
+    assert parameter_count(cfg) == count_parameters(SelectiveScan(cfg))
 
 
 def test_parallel_and_step_modes_agree_on_128_tokens():
     torch.manual_seed(0)
-    model = IteraLite(IteraLiteConfig()).eval()
+    model = SelectiveScan(SelectiveScanConfig()).eval()
     idx = torch.randint(0, 8000, (2, 128))
     with torch.no_grad():
         parallel, _ = model(idx)
@@ -64,12 +66,12 @@ def test_generate_is_deterministic_with_seed(tiny_model):
 def test_dense_moe_dispatch_equals_the_gathered_one(tiny_model, monkeypatch):
     """The static-shape dispatch (every expert on every token, gates scattered into a (t, e) matrix; the GPU's)
     gives the gathered dispatch's outputs, balance loss and gradients."""
-    from iteralite import model as model_module
+    from iteralite import layers
 
     idx = torch.randint(0, tiny_model.cfg.vocab_size, (3, 17), generator=torch.Generator().manual_seed(4))
     results = {}
     for devices in ({"cpu"}, {"cuda"}):  # dense on CPU, then gathered on CPU
-        monkeypatch.setattr(model_module, "DENSE_DISPATCH_DEVICES", devices)
+        monkeypatch.setattr(layers, "DENSE_DISPATCH_DEVICES", devices)
         tiny_model.zero_grad()
         hidden, balance = tiny_model.hidden_states(idx)
         (hidden.square().mean() + balance).backward()

@@ -36,13 +36,14 @@ def test_report_runs_only_the_report_code():
 def test_closures_follow_relative_and_lazy_imports():
     prune = closure("prune")
     assert {"iteralite.stages", "iteralite.stages.pruning", "iteralite.pruning.surgery", "iteralite.analysis",
-            "iteralite.checkpoint", "iteralite.model"} <= prune
+            "iteralite.checkpoint", "iteralite.architectures.itera_lite.model",
+            "iteralite.architectures.itera_lite.groups"} <= prune
     assert not prune & {"iteralite.quant", "iteralite.report", "iteralite.study"}  # train: recovery between steps
     finetune = closure("finetune")
     assert {"iteralite.train", "iteralite.provenance", "iteralite.data"} <= finetune
     assert not {m for m in finetune if m.startswith("iteralite.pruning")}
     assert "iteralite.quant" in closure("evaluate") and "iteralite.pruning.surgery" not in closure("evaluate")
-    assert closure("prepare_corpus") & {"iteralite.model", "iteralite.train"} == set()
+    assert not {m for m in closure("prepare_corpus") if m.startswith(("iteralite.architectures", "iteralite.train"))}
 
 
 def test_code_digest_changes_with_a_module_it_reaches(tmp_path, monkeypatch):

@@ -3,15 +3,18 @@ import copy
 import pytest
 import torch
 
-from iteralite.model import IteraLite, IteraLiteConfig, count_parameters
+from iteralite.architectures.selective_scan.config import Config as SelectiveScanConfig
+from iteralite.architectures.selective_scan.model import Model as SelectiveScan
+from iteralite.layers import count_parameters
 from iteralite.pruning import criteria, groups, planner, surgery
+from iteralite.pruning.model_groups import build_groups
 
 
 def drop_some(model, kinds, seed=0):
     """Keep a random subset of channels in the groups of the given kinds, everything in the others."""
     gen = torch.Generator().manual_seed(seed)
     kept = {}
-    for g in groups.build_groups(model.cfg):
+    for g in build_groups(model.cfg):
         if g.kind in kinds:
             n_keep = max(1, g.size // 2 + (1 if g.kind == "experts" else 0) - 1)
             kept[g.name] = torch.randperm(g.size, generator=gen)[:n_keep].sort().values
@@ -47,7 +50,7 @@ def test_tensors_physically_shrink_and_state_dimension_is_untouched(tiny_model):
 
 
 def test_top_k_is_clamped_to_experts_left(tiny_model):
-    kept = {g.name: torch.arange(g.size) for g in groups.build_groups(tiny_model.cfg)}
+    kept = {g.name: torch.arange(g.size) for g in build_groups(tiny_model.cfg)}
     kept["layer1.experts"] = torch.tensor([2])
     pruned = surgery.prune(tiny_model, kept)
     assert pruned.cfg.top_k_in(1) == 1 and pruned.layers[1]["moe"].top_k == 1
@@ -63,9 +66,9 @@ def test_parameter_count_equals_plan_arithmetic(tiny_model, blocks):
     assert counts["width"] == 24 and counts["layer0.ssm_channels"] == 24 and counts["layer0.experts"] == 3
     assert counts["ssm_blocks"] == counts["moe_blocks"] == (1 if blocks else 2)
     scores = {name: torch.rand(n) for name, n in
-              ((g.name, g.size) for g in groups.build_groups(tiny_model.cfg))}
+              ((g.name, g.size) for g in build_groups(tiny_model.cfg))}
     pruned = surgery.prune(tiny_model, surgery.choose_kept(scores, counts))
-    from iteralite.modelconfig import parameter_count
+    from iteralite.architectures.selective_scan.config import parameter_count
 
     assert count_parameters(pruned) == parameter_count(planner.pruned_config(tiny_model.cfg, counts))
 
@@ -86,7 +89,7 @@ def test_criteria_are_deterministic_and_differ_from_random(tiny_model):
 
 
 def test_l1_score_sums_every_coupled_slice(tiny_model):
-    group = next(g for g in groups.build_groups(tiny_model.cfg) if g.name == "layer0.expert1.hidden")
+    group = next(g for g in build_groups(tiny_model.cfg) if g.name == "layer0.expert1.hidden")
     scores = criteria.L1().score(group, tiny_model.state_dict(), criteria.CalibrationStats(), 0)
     e = tiny_model.layers[0]["moe"].experts[1]
     expected = e.w1.weight.abs().sum(1) + e.w1.bias.abs() + e.w2.weight.abs().sum(0)
@@ -94,7 +97,7 @@ def test_l1_score_sums_every_coupled_slice(tiny_model):
 
 
 def test_infeasible_target_names_bound_and_best_figure():
-    cfg = IteraLiteConfig()
+    cfg = SelectiveScanConfig()
     bounds = {"width": 0.0, "ssm_channels": 0.75, "expert_hidden": 0.75, "experts": 0.5}
     with pytest.raises(planner.PlanError) as err:
         planner.plan_target(cfg, 0.4, bounds, {})
@@ -104,7 +107,7 @@ def test_infeasible_target_names_bound_and_best_figure():
 
 
 def test_global_target_is_met_within_bounds():
-    cfg = IteraLiteConfig()
+    cfg = SelectiveScanConfig()
     bounds = {"width": 0.5, "ssm_channels": 0.75, "expert_hidden": 0.75, "experts": 0.5}
     plan = planner.plan_target(cfg, 0.4, bounds, {"width": 32, "ssm_channels": 32, "expert_hidden": 16})
     assert 0.4 <= plan["removed_fraction"] < 0.45
@@ -112,7 +115,7 @@ def test_global_target_is_met_within_bounds():
 
 
 def test_pressure_cuts_a_kind_deeper_at_the_same_target():
-    cfg = IteraLiteConfig()
+    cfg = SelectiveScanConfig()
     bounds = {"width": 0.5, "ssm_channels": 0.75, "expert_hidden": 0.75, "experts": 0.5}
     round_to = {"width": 32, "ssm_channels": 32, "expert_hidden": 16}
     even = planner.plan_target(cfg, 0.4, bounds, round_to)
@@ -123,7 +126,7 @@ def test_pressure_cuts_a_kind_deeper_at_the_same_target():
 
 
 def test_the_plan_preset_keeps_the_width_and_removes_under_a_fifth():
-    plan = planner.plan_target(IteraLiteConfig(), "plan", {}, {"ssm_channels": 32, "expert_hidden": 16})
+    plan = planner.plan_target(SelectiveScanConfig(), "plan", {}, {"ssm_channels": 32, "expert_hidden": 16})
     assert plan["ratios"]["width"] == 0 and 0.15 < plan["removed_fraction"] < 0.2
 
 
@@ -153,7 +156,7 @@ def test_pruned_model_trains(tiny_model):
     gradient, and the steps on them move the loss."""
     kept = drop_some(tiny_model, ("width", "ssm_channels", "expert_hidden", "experts"))
     pruned = surgery.prune(tiny_model, kept).train()
-    assert isinstance(pruned, IteraLite) and count_parameters(pruned) < count_parameters(tiny_model)
+    assert isinstance(pruned, SelectiveScan) and count_parameters(pruned) < count_parameters(tiny_model)
     batch = torch.randint(0, 300, (4, 17), generator=torch.Generator().manual_seed(3))
     optimizer = torch.optim.AdamW(pruned.parameters(), lr=1e-2)
     losses = []
@@ -180,7 +183,7 @@ def test_skip_loss_scores_a_block_by_the_loss_its_removal_causes(tiny_model):
         return sum(head_cross_entropy_sum(model.head, model.hidden_states(b[:, :-1])[0].flatten(0, 1),
                                           b[:, 1:].flatten()) for b in batches) / tokens
 
-    without_moe1 = {g.name: torch.arange(g.size) for g in groups.build_groups(tiny_model.cfg)}
+    without_moe1 = {g.name: torch.arange(g.size) for g in build_groups(tiny_model.cfg)}
     without_moe1["moe_blocks"] = torch.tensor([0])
     with torch.no_grad():
         expected = loss(surgery.prune(tiny_model, without_moe1)) - loss(tiny_model)
@@ -189,7 +192,7 @@ def test_skip_loss_scores_a_block_by_the_loss_its_removal_causes(tiny_model):
 
 
 def test_planner_removes_blocks_within_their_bound():
-    cfg = IteraLiteConfig()
+    cfg = SelectiveScanConfig()
     bounds = {"width": 0.5, "ssm_channels": 0.75, "expert_hidden": 0.75, "experts": 0.5, "ssm_blocks": 0.25,
               "moe_blocks": 0.25}
     plan = planner.plan_target(cfg, 0.4, bounds, {"width": 32, "ssm_channels": 32, "expert_hidden": 16})
@@ -202,10 +205,10 @@ def test_planner_removes_blocks_within_their_bound():
 def test_pruning_in_steps_ends_where_one_shot_does_and_recovers_between_steps():
     from iteralite.pruning import schedule
 
-    cfg = IteraLiteConfig(vocab_size=300, d_model=64, n_layers=2, max_seq=32, d_inner=64, d_state=4, n_experts=4,
+    cfg = SelectiveScanConfig(vocab_size=300, d_model=64, n_layers=2, max_seq=32, d_inner=64, d_state=4, n_experts=4,
                           expert_hidden=32)
     torch.manual_seed(0)
-    dense = IteraLite(cfg).eval()
+    dense = SelectiveScan(cfg).eval()
     bounds = {"width": 0.5, "ssm_channels": 0.75, "expert_hidden": 0.75, "experts": 0.5, "moe_blocks": 0.5}
     round_to = {"width": 8, "ssm_channels": 8, "expert_hidden": 8}
     batches = [torch.randint(0, 300, (2, 17), generator=torch.Generator().manual_seed(s)) for s in range(2)]

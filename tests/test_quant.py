@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from iteralite import quant
-from iteralite.model import IteraLite
+from iteralite.architectures.selective_scan.model import Model as SelectiveScan
 
 
 def test_pack_unpack_round_trip_is_exact():
@@ -47,9 +47,9 @@ def test_fast_path_matches_fallback(tiny_model, tmp_path):
 
 def test_file_size_is_near_the_theoretical_byte_count(tmp_path):
     torch.manual_seed(0)
-    from iteralite.model import IteraLiteConfig
+    from iteralite.architectures.selective_scan.config import Config as SelectiveScanConfig
 
-    model = IteraLite(IteraLiteConfig())
+    model = SelectiveScan(SelectiveScanConfig())
     blob, stats = quant.quantize_model(model, 32, ["A_log", "D", "conv1d", "norm", "bias"], "sha")
     path = tmp_path / "m.pt"
     quant.save_quantized(path, blob)

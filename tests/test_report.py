@@ -110,3 +110,22 @@ def test_rule_graph_is_read_from_snakemakes_dot_and_layered_by_longest_path():
     assert ("3", "1") in edges and len(edges) == 4
     assert rulegraph.layers(nodes, edges) == {"3": 0, "2": 1, "1": 2, "0": 3}  # report after train, not beside it
     assert "<figure><img" in report.rulegraph_plot(DOT)
+
+
+def test_the_plans_breakdown_stands_beside_the_measured_one_for_the_plans_model():
+    import yaml
+
+    from iteralite.architectures import build_model
+    from iteralite.architectures.itera_lite.config import Config
+    from iteralite.study import SCHEMA
+
+    with open(SCHEMA.replace("config/schema.yaml", "report/targets.yaml"), encoding="utf-8") as f:
+        plan = yaml.safe_load(f)["plan_breakdown"]
+    from iteralite import analysis
+
+    plans_model = analysis.analyze(build_model(Config()))
+    table = report.category_table(plans_model, plan).set_index("category")
+    assert table.loc["embeddings", "params"] == "1,024,000" == table.loc["embeddings", "plan's params"]
+    assert table.loc["SSM blocks", "plan's params"] == "~400,000" and table.loc["SSM blocks", "params"] == "678,944"
+    smaller = analysis.analyze(build_model(Config(vocab_size=100, d_model=16, d_inner=32, max_seq=16)))
+    assert "plan's params" not in report.category_table(smaller, plan).columns

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from iteralite import scan
+from iteralite.architectures.selective_scan import scan
 
 pytestmark = pytest.mark.skipif(scan.numba is None, reason="numba is not installed")
 

@@ -15,8 +15,8 @@ pytest.importorskip("triton")
 
 from test_scan import scan_inputs  # noqa: E402
 
-from iteralite import scan, scan_triton  # noqa: E402
-from iteralite.scan_triton import BLOCK_D, TritonScan  # noqa: E402
+from iteralite.architectures.selective_scan import scan, scan_triton  # noqa: E402
+from iteralite.architectures.selective_scan.scan_triton import BLOCK_D, TritonScan  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -59,7 +59,7 @@ def test_triton_scan_under_bf16_inputs_returns_float32(monkeypatch, caplog):
     """Under autocast x and delta arrive in bf16; the kernel runs and returns float32, as the reference does."""
     monkeypatch.setattr(scan, "_KERNEL_WORKS", {})
     x, delta, A, B, C, D = inputs_on_device(b=1, length=4, di=8, n=4)
-    with caplog.at_level("WARNING", logger="iteralite.scan"):
+    with caplog.at_level("WARNING", logger="iteralite.architectures.selective_scan.scan"):
         y = scan.gpu_scan(x.bfloat16(), delta.bfloat16(), A, B, C, D)
     assert failures_logged(caplog) == [] and list(scan._KERNEL_WORKS.values()) == [True]  # the kernel ran
     assert y.dtype == torch.float32
@@ -76,7 +76,7 @@ def test_triton_launch_failure_falls_back_to_the_reference_and_names_the_shape(m
     monkeypatch.setattr(scan, "triton_scan", lambda: Broken)
     monkeypatch.setattr(scan, "_KERNEL_WORKS", {})
     inputs = inputs_on_device(b=2, length=3, di=5, n=4)
-    with caplog.at_level("WARNING", logger="iteralite.scan"):
+    with caplog.at_level("WARNING", logger="iteralite.architectures.selective_scan.scan"):
         y = scan.gpu_scan(*inputs)
         scan.gpu_scan(*inputs)  # the same shape again: no second attempt, no second line
     assert torch.equal(y, scan.reference_scan(*inputs))
@@ -95,7 +95,7 @@ def test_a_backward_kernel_that_fails_sends_its_shape_to_the_reference_before_th
     monkeypatch.setattr(scan_triton, "_scan_backward", FailsToCompile())
     monkeypatch.setattr(scan, "_KERNEL_WORKS", {})
     inputs = inputs_on_device(b=2, length=3, di=5, n=4)
-    with caplog.at_level("WARNING", logger="iteralite.scan"):
+    with caplog.at_level("WARNING", logger="iteralite.architectures.selective_scan.scan"):
         y = scan.gpu_scan(*inputs)
         grads = torch.autograd.grad(y.sum(), inputs)
     reference = scan.reference_scan(*inputs)
@@ -119,9 +119,10 @@ def test_without_triton_the_gpu_scan_is_the_reference_with_one_log_line(monkeypa
     import sys
 
     scan.triton_scan.cache_clear()
-    monkeypatch.setitem(sys.modules, "iteralite.scan_triton", None)  # import fails as if Triton were missing
+    # the import fails as if Triton were missing
+    monkeypatch.setitem(sys.modules, "iteralite.architectures.selective_scan.scan_triton", None)
     try:
-        with caplog.at_level("WARNING", logger="iteralite.scan"):
+        with caplog.at_level("WARNING", logger="iteralite.architectures.selective_scan.scan"):
             inputs = inputs_on_device(b=1, length=3, di=4, n=2)
             y = scan.gpu_scan(*inputs)
             scan.gpu_scan(*inputs)

@@ -9,10 +9,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from iteralite import model as model_module
+from iteralite import layers
+from iteralite.architectures.selective_scan.model import Model as SelectiveScan
 from iteralite.artifacts import save_torch
 from iteralite.checkpoint import load_checkpoint, save_checkpoint
-from iteralite.model import IteraLite
 from iteralite.train import (
     TrainConfig,
     _capture,
@@ -104,11 +104,11 @@ def test_the_training_step_makes_every_tensor_on_its_device_and_reads_none_back(
     """The step's forward, backward and clipping with the GPU's MoE dispatch, on the meta device: a tensor made on
     the host (which CUDA would copy with a blocking copy, illegal in a capture) is recorded, and reading a value
     back (.item(), nonzero, a branch on a tensor) raises, as a meta tensor has no values."""
-    monkeypatch.setattr(model_module, "DENSE_DISPATCH_DEVICES", {"cuda", "meta"})
+    monkeypatch.setattr(layers, "DENSE_DISPATCH_DEVICES", {"cuda", "meta"})
     real_autocast = torch.autocast  # no meta backend; autocast changes dtypes, not devices
     monkeypatch.setattr(torch, "autocast", lambda device_type, **kwargs: contextlib.nullcontext()
                         if device_type == "meta" else real_autocast(device_type, **kwargs))
-    model, teacher = IteraLite(tiny_cfg).to("meta"), IteraLite(tiny_cfg).to("meta")
+    model, teacher = SelectiveScan(tiny_cfg).to("meta"), SelectiveScan(tiny_cfg).to("meta")
     batch = torch.zeros(4, tiny_cfg.max_seq + 1, dtype=torch.long, device="meta")
     with OffDevice("meta") as off_device:
         loss, _, _ = batch_losses(model, batch, TrainConfig(distill_weight=0.5), teacher)

@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from iteralite import bench, data, export, onnxgraph, quant, serve
+from iteralite.architectures import facet
 
 
 def runtime_at(model, level: int) -> serve.OnnxModel:
-    tensors = export.model_tensors(model)
-    files = {serve.GRAPH_FILES[graph]: onnxgraph.build(tensors, model.cfg, graph, level, {})[0].SerializeToString()
-             for graph in serve.GRAPH_FILES}
+    tensors, builder = export.model_tensors(model), facet(model.cfg.architecture, "onnx").Builder
+    files = {serve.GRAPH_FILES[graph]: onnxgraph.build(builder, tensors, model.cfg, graph, level, {})[0]
+             .SerializeToString() for graph in serve.GRAPH_FILES}
     manifest = {"config": model.cfg.to_dict(), "interface": onnxgraph.interface(model.cfg),
                 "graphs": {"sequence": {"weight_bytes": 0}}}
     return serve.OnnxModel.from_bytes(files, manifest)

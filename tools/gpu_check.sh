@@ -9,4 +9,4 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
       torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
 python3 -m pytest -q -p no:cacheprovider tests/test_scan_triton.py tests/test_train.py tests/test_bench.py -k "triton or cuda or graphed" 2>&1 | tail -15
 timeout 30 python3 tools/kernel_registers.py
-timeout 240 python3 -m iteralite.trainbench config/config.yaml 16 10 --device cuda --sizes S,M,L,L128
+timeout 240 python3 -m iteralite.trainbench config/config.yaml config/selective_scan.yaml --threads 16 --repeats 10 --device cuda --sizes S,M,L,L128

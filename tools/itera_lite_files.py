@@ -32,8 +32,8 @@ def word_vocabulary(train_txt: str, words: int, vocab_size: int) -> dict:
 def itera_lite_state(model_path: str, rows: int, layout: str, moe_moe: bool):
     model, _ = load_checkpoint(model_path)
     cfg = model.cfg
-    if cfg.architecture != "reference":
-        raise SystemExit(f"{model_path} is a {cfg.architecture} model; the Itera-Lite layouts hold the reference one")
+    if cfg.architecture != "itera_lite":
+        raise SystemExit(f"{model_path} is a {cfg.architecture} model; the Itera-Lite layouts hold an itera_lite one")
     generator = torch.Generator().manual_seed(0)
     table = model.embedding.weight.detach()
     padding = torch.randn(rows - table.shape[0], table.shape[1], generator=generator) * 0.02

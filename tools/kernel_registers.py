@@ -22,7 +22,7 @@ def compiled_kernels(d_state: int):
     """(name, compiled kernel) of the forward and the backward at this d_state, compiled without a launch."""
     import triton
 
-    from iteralite.scan_triton import BLOCK_D, NUM_WARPS, _scan_backward, _scan_forward
+    from iteralite.architectures.selective_scan.scan_triton import BLOCK_D, NUM_WARPS, _scan_backward, _scan_forward
 
     length, d_inner = SIZES[d_state]
     pointer = torch.zeros(1, device="cuda")  # only its dtype and alignment reach the compiler

@@ -19,7 +19,7 @@ import time
 import torch
 from torch.utils.cpp_extension import load_inline
 
-from iteralite import scan
+from iteralite.architectures.selective_scan import scan
 from iteralite.workflow import bound_native_caches
 
 CPP = r"""

@@ -14,9 +14,9 @@ import torch
 
 from iteralite.checkpoint import load_checkpoint
 from iteralite.data import load_tokens
-from iteralite.model import count_parameters
+from iteralite.layers import count_parameters
 from iteralite.pruning import surgery
-from iteralite.pruning.groups import build_groups
+from iteralite.pruning.model_groups import build_groups
 from iteralite.train import perplexity
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..losses import head_cross_entropy_sum
-from .groups import BLOCK_KINDS, Group, build_groups, skipped
+from .groups import BLOCK_KINDS, Group, skipped
+from .model_groups import build_groups
 
 
 @dataclass

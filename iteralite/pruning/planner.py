@@ -7,7 +7,8 @@ import itertools
 import math
 
 from ..architectures import ModelConfig, parameter_count
-from .groups import KINDS, build_groups, hidden_group_name
+from .groups import KINDS, hidden_group_name
+from .model_groups import build_groups
 
 PRESETS = {
     # A fixed allocation that keeps the width, and with it the embeddings: SSM channels 25%, expert hidden units

@@ -11,16 +11,15 @@ from collections.abc import Callable
 
 import torch
 
-from ..model import IteraLite
 from .planner import plan_counts, plan_target
 from .surgery import choose_kept, prune
 
 Scores = dict[str, torch.Tensor]
 
 
-def prune_in_steps(dense: IteraLite, target: float, steps: int, bounds: dict, round_to: dict, pressure: dict,
-                   first_scores: Scores, rescore: Callable[[IteraLite], Scores],
-                   recover: Callable[[IteraLite, int], IteraLite]) -> IteraLite:
+def prune_in_steps(dense: torch.nn.Module, target: float, steps: int, bounds: dict, round_to: dict, pressure: dict,
+                   first_scores: Scores, rescore: Callable[[torch.nn.Module], Scores],
+                   recover: Callable[[torch.nn.Module, int], torch.nn.Module]) -> torch.nn.Module:
     """The dense model pruned to `target` in `steps` steps. `first_scores` score the dense model; `rescore(model)`
     scores an intermediate one; `recover(model, step)` fine-tunes it between steps."""
     model = dense

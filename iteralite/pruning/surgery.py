@@ -1,8 +1,8 @@
 """Applying a plan: choose the channels to keep by score, slice every coupled tensor, rebuild a smaller model.
 
 Nothing is masked: the result is an ordinary model of a smaller config, of the same architecture. `masked_model` is
-the semantics the tests compare it with: equal for every group of the project's architecture; for the reference
-architecture, where its LayerNorms and its mean step size make them differ (docs/design.md)."""
+the semantics the tests compare it with: equal for every group of the selective-scan architecture; for the
+Itera-Lite architecture, where its LayerNorms and its mean step size make them differ (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import math
 import torch
 
 from ..architectures import build_model
-from .groups import BLOCK_KINDS, build_groups, hidden_group_name
+from .groups import BLOCK_KINDS, hidden_group_name
+from .model_groups import build_groups
 
 
 def choose_kept(scores: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, torch.Tensor]:

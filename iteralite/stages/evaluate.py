@@ -10,7 +10,7 @@ import torch
 from .. import naming, quant
 from ..artifacts import write_json
 from ..data import eval_windows, load_tokens
-from ..model import count_parameters
+from ..layers import count_parameters
 from ..train import perplexity
 
 log = logging.getLogger(__name__)

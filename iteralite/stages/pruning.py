@@ -14,7 +14,7 @@ from .. import analysis, data
 from ..artifacts import load_torch, save_torch, write_csv, write_json
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..pruning import criteria, planner, schedule, surgery
-from ..pruning.groups import build_groups
+from ..pruning.model_groups import build_groups
 from ..train import TrainConfig, train
 
 log = logging.getLogger(__name__)

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..architectures import ModelConfig, differences
+from ..architectures import ITERA_LITE_FILES, ModelConfig, differences, facet
 from ..artifacts import CheckpointError, write_csv
 from ..checkpoint import save_checkpoint
 from ..data import load_tokens
 from ..provenance import file_sha256
-from ..reference.convert import read_user_checkpoint
 
 
 def use_checkpoint(model_cfg: ModelConfig, user_checkpoint: str, tokens_path: str, out_checkpoint: str,
@@ -19,7 +18,7 @@ def use_checkpoint(model_cfg: ModelConfig, user_checkpoint: str, tokens_path: st
     """A user-supplied baseline, checked against the study's model config and tokenizer, then written as this
     package's checkpoint: one of its own (trained with the study's tokenizer), or one the Itera-Lite code wrote,
     imported (its meta says from which file, its SHA-256, the layout found and what was inferred)."""
-    model, found = read_user_checkpoint(user_checkpoint, model_cfg.top_k)
+    model, found = facet(ITERA_LITE_FILES, "convert").read_user_checkpoint(user_checkpoint, model_cfg.top_k)
     if found["format"] == "Itera-Lite":  # the rows the study's tokenizer reaches are the study's to say
         model.cfg.vocab_reachable = model_cfg.vocab_reachable
     diff = differences(model.cfg, model_cfg)  # as the parse found (iteralite.study); the file may have changed since

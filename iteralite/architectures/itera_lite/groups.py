@@ -1,5 +1,5 @@
-"""The reference architecture's coupled groups: the same kinds as the project's (iteralite.pruning), over its own
-tensors. Torch-free: the planner counts them when the workflow is parsed.
+"""The Itera-Lite architecture's coupled groups: the same kinds as the selective-scan architecture's
+(iteralite.pruning), over its own tensors. Torch-free: the planner counts them when the workflow is parsed.
 
 - ssm_channels (per layer, d_inner): in_proj rows of x and of the gate, conv1d channel, delta_proj rows and columns
   and bias, B columns, C rows, D entries, out_proj columns.
@@ -13,32 +13,33 @@ Where pruning equals masking here and where it does not: docs/design.md ("Two ar
 
 from __future__ import annotations
 
-from ..pruning.groups import Group, Slice, hidden_group_name
-from .config import ReferenceConfig
+from ...pruning.groups import Group, Slice, hidden_group_name, vocab_group
+from .config import Config
 
 SSM_TENSORS = ("norm.weight", "norm.bias", "in_proj.weight", "conv1d.weight", "conv1d.bias", "ssm.A_log", "ssm.B",
                "ssm.C", "ssm.D", "ssm.delta_proj.weight", "ssm.delta_proj.bias", "out_proj.weight")
 
 
-def second_block_prefix(cfg: ReferenceConfig, i: int) -> str:
+def second_block_prefix(cfg: Config, i: int) -> str:
     """Where a layer's MoE block (`moe.layer.`) or feed-forward block (`moe.`) keeps its norm."""
     return f"layers.{i}.moe.layer." if cfg.is_routed(i) else f"layers.{i}.moe."
 
 
-def expert_prefixes(cfg: ReferenceConfig, i: int) -> list[str]:
+def expert_prefixes(cfg: Config, i: int) -> list[str]:
     if cfg.is_routed(i):
         return [f"layers.{i}.moe.layer.experts.{e}." for e in range(cfg.experts_in(i))]
     return [f"layers.{i}.moe.ffn."]
 
 
-def moe_params(cfg: ReferenceConfig, i: int) -> list[str]:
+def moe_params(cfg: Config, i: int) -> list[str]:
     m = second_block_prefix(cfg, i)
     router = [m + "router.gate.weight"] if cfg.is_routed(i) else []
     experts = [x + leaf for x in expert_prefixes(cfg, i) for leaf in ("w1.weight", "w2.weight")]
     return [m + "norm.weight", m + "norm.bias", *router, *experts]
 
 
-def build_groups(cfg: ReferenceConfig) -> list[Group]:
+def build_groups(cfg: Config) -> list[Group]:
+    """Every group of the config (blocks a layer no longer has have no groups), and the rows no token reaches."""
     groups = []
     width = [Slice("embedding.weight", 1), Slice("position_embedding.weight", 1), Slice("norm.weight", 0),
              Slice("norm.bias", 0)]
@@ -78,4 +79,6 @@ def build_groups(cfg: ReferenceConfig) -> list[Group]:
         layers = [i for i in range(cfg.n_layers) if has(i)]
         groups.append(Group(kind, kind, len(layers), [], channel_params=[params(i) for i in layers], members=layers))
     groups.insert(0, Group("width", "width", cfg.d_model, width))
+    if cfg.reachable_rows < cfg.vocab_size:
+        groups.append(vocab_group(cfg, "embedding.weight"))
     return groups

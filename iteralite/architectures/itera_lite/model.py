@@ -1,18 +1,18 @@
-"""The reference architecture: what the Itera-Lite repository's IteraLiteModel computes (CisnerosCodes/Itera-Lite,
+"""The Itera-Lite architecture: what the Itera-Lite repository's IteraLiteModel computes (CisnerosCodes/Itera-Lite,
 MIT; models/itera_lite.py, ssm.py, moe.py), with its state-dict names, written for this package.
 
 Read first: S4 (Gu et al., 2021, arXiv:2111.00396) for the discretised state space, Shazeer et al. (2017,
 arXiv:1701.06538) for top-k experts. Each layer is an SSM block, then an MoE block on `moe_layers` or a plain
 feed-forward block on the others, both residual; LayerNorms with bias; learned positions; a tied LM head.
 
-How it differs from the project's IteraLite (model.py): one step size per position, the mean over the channels of
-softplus(delta_proj(x)), and one state h of d_state entries shared by all channels (Mamba keeps a step size and a
-d_state state per channel); no inner norm; LayerNorms, which re-centre: pruning is not masking for every group
-(docs/design.md). Dropout (training only in that code) is left out: the study trains without it, and an imported
-model computes what that code computes in eval mode.
+How it differs from the selective-scan architecture (architectures/selective_scan): one step size per position,
+the mean over the channels of softplus(delta_proj(x)), and one state h of d_state entries shared by all channels
+(Mamba keeps a step size and a d_state state per channel); no inner norm; LayerNorms, which re-centre: pruning is
+not masking for every group (docs/design.md). Dropout (training only in that code) is left out: the study trains
+without it, and an imported model computes what that code computes in eval mode.
 
-Glossary (model.py's): b batch, l length, d d_model, di d_inner, n d_state, k d_conv, e experts, h expert hidden,
-v vocabulary, c chunk length.
+Glossary (the selective-scan model's): b batch, l length, d d_model, di d_inner, n d_state, k d_conv, e experts,
+h expert hidden, v vocabulary, c chunk length.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..model import RecurrentMode, _embedding, mix_experts
-from .config import ReferenceConfig
+from ... import layers
+from ...layers import RecurrentMode, TrainingPath, embedding, mix_experts
+from .config import Config
 
 # Positions per chunk of the closed-form scan: the chunk's (b, n, c, c) decay matrix costs c per token and state
-# entry, the loop over chunks l / c Python steps. `python tools/reference_scan_chunks.py` (batch 32 x 128, 256
+# entry, the loop over chunks l / c Python steps. `python tools/itera_lite_scan_chunks.py` (batch 32 x 128, 256
 # channels, state 8, one thread, forward and backward of one layer): 34 / 24 / 25 / 22 / 40 / 71 ms at c = 4 / 8 /
 # 16 / 32 / 64 / 128, 8 ms of it outside the recurrence; 8-32 are level, 16 keeps the loop short at longer windows.
 CHUNK = 16
@@ -106,7 +107,7 @@ class S4Kernel(nn.Module):
 
 
 class SSMBlock(nn.Module):
-    def __init__(self, d_model: int, d_inner: int, cfg: ReferenceConfig):
+    def __init__(self, d_model: int, d_inner: int, cfg: Config):
         super().__init__()
         self.d_inner, self.d_conv = d_inner, cfg.d_conv
         self.norm = nn.LayerNorm(d_model)
@@ -213,13 +214,13 @@ class FeedForwardLayer(nn.Module):
         return u + self.ffn(self.norm(u)), u.new_zeros(())
 
 
-class ReferenceIteraLite(RecurrentMode, nn.Module):
-    def __init__(self, cfg: ReferenceConfig):
+class Model(RecurrentMode, nn.Module):
+    def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.embedding = _embedding(cfg.vocab_size, d)
-        self.position_embedding = _embedding(cfg.max_seq, d)
+        self.embedding = embedding(cfg.vocab_size, d)
+        self.position_embedding = embedding(cfg.max_seq, d)
         self.layers = nn.ModuleList()
         for i in range(cfg.n_layers):
             blocks = {}
@@ -272,3 +273,15 @@ class ReferenceIteraLite(RecurrentMode, nn.Module):
 
     def final_norm(self, u):
         return self.norm(u)
+
+
+def training_paths(device_type: str) -> dict[str, TrainingPath]:
+    """The variants of the training step `make bench-train` times, the one training takes first: the MoE dispatch
+    (the scan is the closed form per chunk on every device)."""
+    gathered = {(layers, "DENSE_DISPATCH_DEVICES"): set()}
+    dense = {(layers, "DENSE_DISPATCH_DEVICES"): {"cpu", "cuda"}}
+    if device_type == "cuda":
+        return {"graphed": TrainingPath("chunked scan, dense MoE, CUDA graph", dense, True),
+                "eager": TrainingPath("chunked scan, dense MoE, eager", dense)}
+    return {"gathered": TrainingPath("chunked scan, gathered MoE", gathered),
+            "dense_moe": TrainingPath("the same, every expert on every token", dense)}

@@ -1,4 +1,5 @@
-"""The reference architecture (iteralite/reference): its sizes, its scan, its modes, its groups, its INT4 and export."""
+"""The Itera-Lite architecture (iteralite/architectures/itera_lite): its sizes, its scan, its modes, its groups, its
+INT4 and export, and the registry's names."""
 
 import copy
 import math
@@ -10,12 +11,14 @@ import torch.nn.functional as F
 
 from iteralite import analysis, export, quant, study
 from iteralite.architectures import config_from_dict
+from iteralite.architectures.itera_lite.config import Config as IteraLiteConfig
+from iteralite.architectures.itera_lite.config import parameter_count
+from iteralite.architectures.itera_lite.model import Model as IteraLiteModel
+from iteralite.architectures.itera_lite.model import sequential_scan, shared_state_scan
 from iteralite.checkpoint import load_checkpoint, save_checkpoint
-from iteralite.model import count_parameters
+from iteralite.layers import count_parameters
 from iteralite.pruning import planner, surgery
-from iteralite.pruning.groups import build_groups
-from iteralite.reference.config import ReferenceConfig, parameter_count
-from iteralite.reference.model import ReferenceIteraLite, sequential_scan, shared_state_scan
+from iteralite.pruning.model_groups import build_groups
 
 KEEP = ["A_log", "D", "conv1d", "norm", "bias"]
 
@@ -24,19 +27,19 @@ KEEP = ["A_log", "D", "conv1d", "norm", "bias"]
 def small():
     """Every kind of block: an MoE layer, feed-forward layers, two expert sizes after pruning can differ."""
     torch.manual_seed(0)
-    cfg = ReferenceConfig(vocab_size=120, d_model=32, n_layers=3, max_seq=24, d_inner=48, d_state=4, n_experts=3,
+    cfg = IteraLiteConfig(vocab_size=120, d_model=32, n_layers=3, max_seq=24, d_inner=48, d_state=4, n_experts=3,
                           expert_hidden=16, top_k=2, moe_layers=[1])
-    return ReferenceIteraLite(cfg).eval()
+    return IteraLiteModel(cfg).eval()
 
 
 def test_the_tiny_config_has_1886496_parameters_and_their_breakdown():
     """The Itera-Lite repository's tiny config (vocab 8000, d 128, 4 layers, MoE on 1 and 3): 1,886,496 parameters,
     counted by the model and by the config's arithmetic; by category, the token table 1,024,000 (54.3%), positions
     16,384."""
-    cfg = ReferenceConfig()
+    cfg = IteraLiteConfig()
     assert cfg.moe_layers == [1, 3]
     with torch.device("meta"):
-        model = ReferenceIteraLite(cfg)
+        model = IteraLiteModel(cfg)
     assert count_parameters(model) == parameter_count(cfg) == 1_886_496
     rows = {r["category"]: r for r in analysis.category_breakdown(model)}
     assert rows["embeddings"]["params"] == 1_024_000 and round(rows["embeddings"]["percent"], 1) == 54.3
@@ -45,7 +48,7 @@ def test_the_tiny_config_has_1886496_parameters_and_their_breakdown():
 
 
 def test_the_state_dict_keeps_the_itera_lite_names():
-    names = set(ReferenceIteraLite(ReferenceConfig(vocab_size=50, d_model=8, d_inner=16, max_seq=8)).state_dict())
+    names = set(IteraLiteModel(IteraLiteConfig(vocab_size=50, d_model=8, d_inner=16, max_seq=8)).state_dict())
     assert {"embedding.weight", "position_embedding.weight", "norm.weight", "norm.bias",
             "layers.0.ssm.in_proj.weight", "layers.0.ssm.conv1d.weight", "layers.0.ssm.ssm.A_log",
             "layers.0.ssm.ssm.delta_proj.bias", "layers.0.ssm.out_proj.weight", "layers.0.ssm.norm.bias",
@@ -98,15 +101,15 @@ def test_the_balance_loss_is_the_squared_coefficient_of_variation_summed_over_mo
     torch.testing.assert_close(balance, expected)
 
 
-def test_a_checkpoint_and_an_int4_file_rebuild_the_reference_architecture(small, tmp_path):
+def test_a_checkpoint_and_an_int4_file_rebuild_the_itera_lite_architecture(small, tmp_path):
     ids = torch.randint(0, 120, (2, 24))
     save_checkpoint(tmp_path / "m.pt", small, "sha")
     loaded, meta = load_checkpoint(tmp_path / "m.pt")
-    assert isinstance(loaded, ReferenceIteraLite) and meta["config"]["architecture"] == "reference"
+    assert isinstance(loaded, IteraLiteModel) and meta["config"]["architecture"] == "itera_lite"
     torch.testing.assert_close(loaded(ids)[0], small(ids)[0], rtol=0, atol=0)
     quant.save_quantized(tmp_path / "q.pt", quant.quantize_model(small, 32, KEEP, "sha")[0])
     int4 = quant.load_quantized(tmp_path / "q.pt", path_mode="unpacked")
-    assert isinstance(int4, ReferenceIteraLite) and isinstance(int4.token_embedding, quant.Int4Embedding)
+    assert isinstance(int4, IteraLiteModel) and isinstance(int4.token_embedding, quant.Int4Embedding)
     # it computes the float model with its 4-bit weights dequantized and its other tensors in float16
     rounded = copy.deepcopy(small)
     with torch.no_grad():
@@ -197,7 +200,7 @@ def test_pruning_width_is_masking_it_with_every_layer_norm_over_the_survivors(sm
 
 
 def test_the_planner_meets_40_percent_and_says_what_the_plans_allocation_removes():
-    cfg = ReferenceConfig()
+    cfg = IteraLiteConfig()
     bounds = {"width": 0.5, "ssm_channels": 0.75, "expert_hidden": 0.75, "experts": 0.5}
     round_to = {"width": 32, "ssm_channels": 32, "expert_hidden": 16}
     plan = planner.plan_target(cfg, 0.4, bounds, round_to, {"ssm_channels": 1.5})
@@ -217,7 +220,6 @@ def base_config() -> dict:
 
     with open(study.SCHEMA.replace("schema.yaml", "config.yaml"), encoding="utf-8") as f:
         config = yaml.safe_load(f)
-    config["model"] |= {"architecture": "reference"}
     return config
 
 
@@ -225,9 +227,13 @@ def base_config() -> dict:
     ({"moe_layers": [1, 4]}, "model.moe_layers: [4] lie outside the layers 0..3 (model.n_layers=4)"),
     ({"top_k": 5}, "model.top_k=5 exceeds model.n_experts=4"),
     ({"d_state": 0}, "model.d_state must be a positive integer, got 0"),
-    ({"architecture": "project", "moe_layers": [1]}, "model.moe_layers applies to model.architecture reference only"),
+    ({"architecture": "selective_scan", "moe_layers": [1]},
+     "model.moe_layers is not a size of model.architecture selective_scan"),
+    ({"architecture": "reference"}, "model.architecture: 'reference' is now called 'itera_lite'"),
+    ({"architecture": "project"}, "model.architecture: 'project' is now called 'selective_scan'"),
+    ({"architecture": "mamba"}, "model.architecture must be one of ['itera_lite', 'selective_scan'], got 'mamba'"),
 ])
-def test_a_reference_config_that_cannot_be_built_is_refused_naming_the_key(model, message):
+def test_a_model_section_that_cannot_be_built_is_refused_naming_the_key(model, message):
     config = base_config()
     config["model"] |= model
     with pytest.raises(study.ConfigError) as err:
@@ -235,19 +241,24 @@ def test_a_reference_config_that_cannot_be_built_is_refused_naming_the_key(model
     assert str(err.value).startswith("model.") and message in str(err.value)
 
 
-def test_the_config_file_builds_the_plans_model():
-    config = base_config()
-    with open(study.SCHEMA.replace("schema.yaml", "reference.yaml"), encoding="utf-8") as f:
-        import yaml
-
-        config["model"] |= yaml.safe_load(f)["model"]
-    cfg = study.model_config(config)
-    assert isinstance(cfg, ReferenceConfig) and parameter_count(cfg) == 1_886_496
+def test_the_default_config_builds_the_plans_model():
+    cfg = study.model_config(base_config())
+    assert isinstance(cfg, IteraLiteConfig) and parameter_count(cfg) == 1_886_496
     assert config_from_dict(cfg.to_dict()) == cfg
 
 
+@pytest.mark.parametrize("saved, architecture", [
+    ({"architecture": "reference"}, "itera_lite"), ({"architecture": "project"}, "selective_scan"),
+    ({}, "selective_scan"),  # checkpoints written before configs named their architecture
+])
+def test_a_checkpoint_config_under_a_former_name_still_loads(saved, architecture):
+    values = {"vocab_size": 50, "d_model": 8, "n_layers": 2, "max_seq": 8, "d_inner": 16, **saved}
+    cfg = config_from_dict(values)
+    assert cfg.architecture == architecture and cfg.to_dict()["architecture"] == architecture
+
+
 @pytest.mark.parametrize("int4", [False, True])
-def test_the_export_reproduces_the_reference_architecture(small, tmp_path, int4):
+def test_the_export_reproduces_the_itera_lite_architecture(small, tmp_path, int4):
     """Both graphs against torch (logits, the shared state), by the export's own verification and here."""
     tokens = torch.randint(0, 120, (2000,), generator=torch.Generator().manual_seed(0))
     path = tmp_path / "m.pt"
@@ -269,9 +280,9 @@ def test_the_export_reproduces_the_reference_architecture(small, tmp_path, int4)
     assert set(state) == {f"past_{kind}.{i}" for kind in ("conv", "ssm") for i in range(3)}
 
 
-def test_a_pruned_reference_model_keeps_its_architecture_through_copy(small):
+def test_a_pruned_itera_lite_model_keeps_its_architecture_through_copy(small):
     pruned = surgery.prune(small, kept_half(small))
-    assert isinstance(pruned, ReferenceIteraLite) and pruned.cfg.moe_layers == [1]
+    assert isinstance(pruned, IteraLiteModel) and pruned.cfg.moe_layers == [1]
     assert pruned.cfg.layer_expert_hidden == [[8], [8, 8], [8]] and pruned.cfg.d_model == 16
     assert copy.deepcopy(pruned).cfg == pruned.cfg
 
@@ -281,9 +292,9 @@ def test_an_export_with_an_imported_word_level_tokenizer_is_served_without_torch
     120 rows); serving in a process where `import torch` fails generates what the torch model generates, greedily."""
     from test_export import outputs, serve_without_torch
 
+    from iteralite.architectures.itera_lite.tokenizer import itera_lite_tokenizer
     from iteralite.artifacts import save_torch
     from iteralite.provenance import file_sha256
-    from iteralite.reference.tokenizer import itera_lite_tokenizer
     from iteralite.stages import export as export_stage
 
     words = ["<PAD>", "<UNK>", "<BOS>", "<EOS>", *(f"w{i}" for i in range(20))]

@@ -1,6 +1,6 @@
-"""The reference architecture's scan (iteralite/reference/model.py, shared_state_scan) at several chunk lengths:
-forward and backward of one layer, batch 32 x 128, 256 channels, state 8, best of 5, and the part outside the
-recurrence (x B, the C readout, the D skip). Usage: python tools/reference_scan_chunks.py [threads]
+"""The Itera-Lite architecture's scan (iteralite/architectures/itera_lite/model.py, shared_state_scan) at several
+chunk lengths: forward and backward of one layer, batch 32 x 128, 256 channels, state 8, best of 5, and the part
+outside the recurrence (x B, the C readout, the D skip). Usage: python tools/itera_lite_scan_chunks.py [threads]
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from iteralite.reference.model import shared_state_scan
+from iteralite.architectures.itera_lite.model import shared_state_scan
 
 
 def best_ms(fn, repeats: int = 5) -> float:

@@ -1,4 +1,4 @@
-"""The reference architecture's ONNX graphs: iteralite.onnxgraph's builder with this architecture's blocks.
+"""The Itera-Lite architecture's ONNX graphs: iteralite.onnxgraph's builder with this architecture's blocks.
 
 The interface is onnxgraph's (`interface`), with a scan state of (b, n) per layer: the state shared by all channels.
 - LayerNorms are `LayerNormalization` nodes (weight and bias), the blocks' at eps 1e-5, the final one at norm_eps;
@@ -7,27 +7,27 @@ The interface is onnxgraph's (`interface`), with a scan state of (b, n) per laye
   sums s of delta (`CumSum`), the (b, n, l, l) decays exp(A (s_t - s_r)) below the diagonal (`Where` masks the
   others to -inf before `Exp`), one `MatMul` with the drive delta (B x); the step graph takes one recurrence step
   from its past state;
-- MoE layers mix their experts as the project's graph does (no biases); feed-forward layers are two matmuls.
+- MoE layers mix their experts as GraphBuilder.mixture does (no biases); feed-forward layers are two matmuls.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..onnxgraph import GraphBuilder
-from .config import ReferenceConfig
+from ...onnxgraph import GraphBuilder
+from .config import Config
 
 BLOCK_NORM_EPS = 1e-5  # torch's LayerNorm default, which the Itera-Lite blocks use
 
 
-class ReferenceGraphBuilder(GraphBuilder):
+class Builder(GraphBuilder):
     TOKEN_TABLE, POSITION_TABLE = "embedding", "position_embedding"
 
     def layer_norm(self, x: str, name: str, eps: float = BLOCK_NORM_EPS) -> str:
         return self.op("LayerNormalization", x, self.const(f"{name}.weight", self.array(f"{name}.weight")),
                        self.const(f"{name}.bias", self.array(f"{name}.bias")), axis=-1, epsilon=eps)
 
-    def ssm_block(self, u: str, i: int, cfg: ReferenceConfig, conv_state: str, ssm_state: str, outputs: list[str]):
+    def ssm_block(self, u: str, i: int, cfg: Config, conv_state: str, ssm_state: str, outputs: list[str]):
         """model.SSMBlock on (b, l, d) (l = 1 in the step graph), from the given states ('' = zeros); writes the new
         states to `outputs` (conv, ssm) and returns the block's output."""
         p, di = f"layers.{i}.ssm", cfg.layer_d_inner[i]
@@ -66,7 +66,7 @@ class ReferenceGraphBuilder(GraphBuilder):
         states = self.op("Squeeze", self.op("MatMul", weights, drive_by_state), self.ints("last", [-1]))
         return self.op("Transpose", states, perm=[0, 2, 1])
 
-    def moe_block(self, u: str, i: int, cfg: ReferenceConfig) -> str:
+    def moe_block(self, u: str, i: int, cfg: Config) -> str:
         """model.MoELayer (the mixture, no biases) or model.FeedForwardLayer."""
         if not cfg.is_routed(i):
             p = f"layers.{i}.moe"
@@ -77,7 +77,7 @@ class ReferenceGraphBuilder(GraphBuilder):
         return self.op("Add", u, self.mixture(x, p, self.linear(x, f"{p}.router.gate"), cfg.top_k_in(i),
                                               cfg.layer_expert_hidden[i], biases=False))
 
-    def body(self, u: str, cfg: ReferenceConfig, states: dict[int, tuple[str, str]]) -> str:
+    def body(self, u: str, cfg: Config, states: dict[int, tuple[str, str]]) -> str:
         for i in range(cfg.n_layers):
             if cfg.has_ssm(i):
                 u = self.ssm_block(u, i, cfg, *states.get(i, ("", "")), [f"present_conv.{i}", f"present_ssm.{i}"])

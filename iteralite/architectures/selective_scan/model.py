@@ -1,4 +1,5 @@
-"""IteraLite: a tiny language model of selective state-space (SSM) blocks and top-2 mixture-of-experts (MoE) blocks.
+"""The selective-scan IteraLite: a tiny language model of Mamba-style selective state-space (SSM) blocks and top-2
+mixture-of-experts (MoE) blocks.
 
 Read first: Mamba (Gu & Dao, 2023, arXiv:2312.00752) for the selective scan, Switch Transformer (Fedus et al., 2021,
 arXiv:2101.03961) for the load-balancing loss. Each layer is an SSM block followed by an MoE block, both residual.
@@ -15,12 +16,13 @@ Glossary of dimension letters used in the shape notes:
     v   vocabulary size
 
 Sizes may differ per layer and per expert, because structured pruning removes channels from each one separately;
-a pruned model is an ordinary IteraLite with a smaller config. Depth pruning removes whole blocks: a layer whose
+a pruned model is an ordinary Model with a smaller config. Depth pruning removes whole blocks: a layer whose
 d_inner is 0 has no SSM block, one with no experts has no MoE block, and the residual stream passes through.
 
-Norms are RMSNorms whose mean square divides by a fixed reference width (the unpruned width). A channel that is
-removed therefore changes nothing for the channels that stay: the pruned model computes exactly what the dense model
-computes with those channels masked to zero. (A LayerNorm would re-centre and re-scale the survivors.)
+Norms are RMSNorms whose mean square divides by a fixed width: the unpruned width (`norm_ref_*` in the config).
+A channel that is removed therefore changes nothing for the channels that stay: the pruned model computes exactly
+what the dense model computes with those channels masked to zero. (A LayerNorm would re-centre and re-scale the
+survivors.)
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .modelconfig import IteraLiteConfig
+from ... import layers
+from ...layers import RecurrentMode, TrainingPath, embedding, mix_experts
+from . import scan
+from .config import Config
 from .scan import selective_scan
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm dividing the sum of squares by a fixed reference width (see module docstring)."""
+    """RMSNorm dividing the sum of squares by a fixed width, the unpruned one (see module docstring)."""
 
     def __init__(self, width: int, ref_width: int, eps: float = 1e-5):
         super().__init__()
@@ -50,7 +55,7 @@ class RMSNorm(nn.Module):
 
 
 class SSMBlock(nn.Module):
-    def __init__(self, d_model: int, d_inner: int, cfg: IteraLiteConfig):
+    def __init__(self, d_model: int, d_inner: int, cfg: Config):
         super().__init__()
         self.d_inner, self.d_conv = d_inner, cfg.d_conv
         self.norm = RMSNorm(d_model, cfg.norm_ref_d_model)
@@ -113,7 +118,7 @@ class Expert(nn.Module):
 class MoEBlock(nn.Module):
     """Top-k routing: each token goes to its k best experts, weighted by a softmax over those k router logits."""
 
-    def __init__(self, d_model: int, hidden_sizes: list[int], top_k: int, cfg: IteraLiteConfig):
+    def __init__(self, d_model: int, hidden_sizes: list[int], top_k: int, cfg: Config):
         super().__init__()
         self.top_k = top_k
         self.norm = RMSNorm(d_model, cfg.norm_ref_d_model)
@@ -141,96 +146,13 @@ class MoEBlock(nn.Module):
         return u + out.view_as(u), balance
 
 
-def mix_experts(experts, x, gates, chosen, routing_stats: dict | None = None):  # (t, d), (t, k), (t, k) -> (t, d)
-    """The experts' outputs on the tokens routed to them, weighted by their gates: gathered, or dense on the devices
-    where that pays (DENSE_DISPATCH_DEVICES); routing statistics (importance scores) always take the gathered mix."""
-    if x.device.type in DENSE_DISPATCH_DEVICES and routing_stats is None:
-        return _dense_mix(experts, x, gates, chosen)
-    return _gathered_mix(experts, x, gates, chosen, routing_stats)
-
-
-def _gathered_mix(experts, x, gates, chosen, routing_stats):
-    """Each expert on the tokens routed to it: the fewest FLOPs, but `nonzero` syncs with the host and the shapes
-    change every step. Collects each expert's routing-weighted output norm into `routing_stats` when given."""
-    out = torch.zeros_like(x)
-    for e, expert in enumerate(experts):
-        token, slot = (chosen == e).nonzero(as_tuple=True)
-        if token.numel() == 0:
-            continue
-        weighted = gates[token, slot, None] * expert(x[token])
-        out.index_add_(0, token, weighted.to(out.dtype))
-        if routing_stats is not None:
-            norm = weighted.detach().float().norm(dim=-1).sum().item()
-            routing_stats[e] = routing_stats.get(e, 0.0) + norm
-    return out
-
-
-def _dense_mix(experts, x, gates, chosen):
-    """Every expert on every token, weighted by the gates scattered into a (t, e) matrix that is zero where an
-    expert was not chosen: e / k times the expert FLOPs, but static shapes and no host sync. Adds in the same
-    expert order as the gathered mix; an expert not chosen adds an exact zero."""
-    weights = torch.zeros(x.shape[0], len(experts), dtype=gates.dtype, device=x.device)
-    weights.scatter_(1, chosen, gates)
-    out = torch.zeros_like(x)
-    for e, expert in enumerate(experts):
-        out = out + (weights[:, e, None] * expert(x)).to(out.dtype)
-    return out
-
-
-# Where every expert runs on every token (_dense_mix). On a GPU the gathered mix is bound by its host syncs
-# and launches, and its changing shapes rule out CUDA graphs; on CPU the two cost the same per training step
-# (`make bench-train` prints both), and the gathered mix does fewer FLOPs. Routing statistics (importance scores)
-# always take the gathered mix.
-DENSE_DISPATCH_DEVICES = {"cuda"}
-
-
-def _embedding(rows: int, dim: int) -> nn.Embedding:
-    """An embedding without nn.Embedding's own init (IteraLite._init_weights sets its weights): on the meta device,
-    where checkpoints are rebuilt, that init's normal_ imports torch's compiler stack, 1.5 s in every job."""
-    return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
-
-
-class RecurrentMode:
-    """The recurrent mode of both architectures: one token at a time with a conv + scan state per SSM block, and
-    sampling in it. A model provides `embed(ids, positions)`, `final_norm(u)`, `head(hidden)` and `layers`."""
-
-    def empty_cache(self, batch: int, device=None):
-        return [layer["ssm"].empty_state(batch, device) if "ssm" in layer else None for layer in self.layers]
-
-    def step(self, token, position: int, cache):  # token: (b,) -> logits (b, v), new cache
-        """One token with the state of the tokens before it; O(1) work per token."""
-        u = self.embed(token, torch.full_like(token, position))
-        new_cache = []
-        for layer, state in zip(self.layers, cache):
-            if "ssm" in layer:
-                u, state = layer["ssm"].step(u, state)
-            if "moe" in layer:
-                u = layer["moe"](u.unsqueeze(1))[0].squeeze(1)
-            new_cache.append(state)
-        return self.head(self.final_norm(u)), new_cache
-
-    @torch.no_grad()
-    def generate(self, prompt, max_new_tokens: int, temperature: float = 1.0, generator=None):
-        """Sample after a prompt (b, l) in step mode; returns (b, l + new) ids, never past max_seq positions."""
-        cache = self.empty_cache(prompt.shape[0], prompt.device)
-        tokens = list(prompt.unbind(1))
-        end = min(len(tokens) + max_new_tokens, self.cfg.max_seq)
-        for position, token in enumerate(tokens[:-1]):
-            _, cache = self.step(token, position, cache)
-        while len(tokens) < end:
-            logits, cache = self.step(tokens[-1], len(tokens) - 1, cache)
-            probs = F.softmax(logits / max(temperature, 1e-6), dim=-1)
-            tokens.append(torch.multinomial(probs, 1, generator=generator).squeeze(1))
-        return torch.stack(tokens, dim=1)
-
-
-class IteraLite(RecurrentMode, nn.Module):
-    def __init__(self, cfg: IteraLiteConfig):
+class Model(RecurrentMode, nn.Module):
+    def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.tok_emb = _embedding(cfg.vocab_size, d)
-        self.pos_emb = _embedding(cfg.max_seq, d)
+        self.tok_emb = embedding(cfg.vocab_size, d)
+        self.pos_emb = embedding(cfg.max_seq, d)
         self.layers = nn.ModuleList()
         for i in range(cfg.n_layers):
             blocks = {}
@@ -285,6 +207,23 @@ class IteraLite(RecurrentMode, nn.Module):
         return self.norm_f(u)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Unique parameters (the tied LM head shares the embedding table)."""
-    return sum(p.numel() for p in model.parameters())
+def training_paths(device_type: str) -> dict[str, TrainingPath]:
+    """The variants of the training step `make bench-train` times: the one training takes first, "floor" the step
+    with the scan replaced by y = D * x (what a step costs without any scan)."""
+
+    def path(label: str, implementation: str, dense_moe: bool, graphed: bool = False) -> TrainingPath:
+        dispatch = {"cpu", "cuda"} if dense_moe else set()
+        return TrainingPath(label, {(scan, "IMPLEMENTATION"): implementation,
+                                    (layers, "DENSE_DISPATCH_DEVICES"): dispatch}, graphed,
+                            timed_apart=device_type == "cpu" and implementation == "reference")
+
+    if device_type == "cuda":
+        return {"graphed": path("Triton scan, dense MoE, CUDA graph", "auto", True, True),
+                "eager": path("Triton scan, dense MoE, eager", "auto", True),
+                "reference": path("reference scan (torch ops), eager", "reference", False),
+                "floor": path("no scan (y = D * x)", "none", True, True)}
+    return {"fused": path("fused scan (numba kernel)", "auto", False),
+            "dense_moe": path("the same, every expert on every token", "auto", True),
+            "reference": path("reference scan (torch ops), eager", "reference", False),
+            "delta": path("no scan, delta's path kept", "delta", False),
+            "floor": path("no scan (y = D * x)", "none", False)}

@@ -1,7 +1,7 @@
-"""The reference architecture's sizes as plain Python: the config dataclass and the parameter count by arithmetic.
+"""The Itera-Lite architecture's sizes as plain Python: the config dataclass and the parameter count by arithmetic.
 
-Torch-free, like the project's modelconfig.py: the workflow's parse checks configs and plans pruning with these alone.
-Names follow the project's config (d_model, d_inner, ...); the Itera-Lite config's names map onto them as
+Torch-free: the workflow's parse checks configs and plans pruning with these alone. Names follow the package's
+(d_model, d_inner, ...); the Itera-Lite config's names map onto them as
 hidden_size -> d_model, num_layers -> n_layers, ssm_state_size -> d_state, ssm_conv_kernel -> d_conv,
 hidden_size * ssm_expand_factor -> d_inner, num_experts -> n_experts, expert_size -> expert_hidden,
 top_k_experts -> top_k, max_seq_length -> max_seq, layer_norm_eps -> norm_eps (the final norm's; the blocks' norms
@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..modelconfig import LayerSizes
+from ...modelconfig import LayerSizes
 
 
 @dataclass
-class ReferenceConfig(LayerSizes):
-    architecture: ClassVar[str] = "reference"
+class Config(LayerSizes):
+    architecture: ClassVar[str] = "itera_lite"
 
     vocab_size: int = 8000
     d_model: int = 128
@@ -86,8 +86,11 @@ class ReferenceConfig(LayerSizes):
         """Whether the layer's second block routes among experts (a feed-forward block does not)."""
         return layer in self.moe_layers and self.has_moe(layer)
 
+    def scan_state_shape(self, layer: int) -> list[int]:
+        return [self.d_state]  # one state shared by the layer's channels
 
-def parameter_count(cfg: ReferenceConfig) -> int:
+
+def parameter_count(cfg: Config) -> int:
     """Parameter count of a config, by arithmetic (the planner calls it thousands of times)."""
     d, n, k = cfg.d_model, cfg.d_state, cfg.d_conv
     total = cfg.vocab_size * d + cfg.max_seq * d + 2 * d  # tied table, positions, final LayerNorm

@@ -1,4 +1,4 @@
-"""Import a checkpoint the Itera-Lite code wrote as the reference architecture (transformers' convert_* scripts'
+"""Import a checkpoint the Itera-Lite code wrote as the Itera-Lite architecture (transformers' convert_* scripts'
 role): recognise its layout, map its keys, infer every size from the tensors, check them against each other and
 against the file's config, and rebuild the model. Loading stays weights-only (artifacts.load_torch).
 
@@ -21,10 +21,10 @@ from collections import Counter
 
 import torch
 
-from ..artifacts import CheckpointError, load_torch
-from ..checkpoint import CHECKPOINT_FORMAT, load_checkpoint
-from .config import ReferenceConfig
-from .model import ReferenceIteraLite
+from ...artifacts import CheckpointError, load_torch
+from ...checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from .config import Config
+from .model import Model
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ CONFIG_CHECKS = {"vocab_size": "vocab_size", "hidden_size": "d_model", "num_laye
 
 def read_user_checkpoint(path, top_k: int | None) -> tuple:
     """A user's baseline (`model.checkpoint`): this package's checkpoint, or one the Itera-Lite code wrote, imported
-    as the reference architecture (`top_k` where its file does not say). Returns (model, what the file held)."""
+    as the Itera-Lite architecture (`top_k` where its file does not say). Returns (model, what the file held)."""
     blob = load_torch(path, "model.checkpoint")
     if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:
         model, meta = load_checkpoint(path, blob=blob)
@@ -54,7 +54,7 @@ def looks_like_itera_lite(blob) -> bool:
     return isinstance(state, dict) and "embedding.weight" in state
 
 
-def import_checkpoint(blob, path, study_top_k: int | None) -> tuple[ReferenceIteraLite, dict]:
+def import_checkpoint(blob, path, study_top_k: int | None) -> tuple[Model, dict]:
     """(the model, what was found and inferred) of a loaded Itera-Lite file; CheckpointError names the file and
     the tensor or key at fault."""
     if not looks_like_itera_lite(blob):
@@ -70,7 +70,7 @@ def import_checkpoint(blob, path, study_top_k: int | None) -> tuple[ReferenceIte
     layout += found
     cfg, inferred, warnings = _infer_config(state, file_config or {}, study_top_k, path)
     with torch.device("meta"):
-        model = ReferenceIteraLite(cfg)
+        model = Model(cfg)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
@@ -137,7 +137,7 @@ def _shape(state: dict, name: str, path) -> tuple[int, ...]:
 
 
 def _infer_config(state: dict, file_config: dict, study_top_k: int | None, path):
-    """The ReferenceConfig the tensors describe; where each size came from; warnings."""
+    """The Config the tensors describe; where each size came from; warnings."""
     try:
         n_layers = _layers(state)
     except CheckpointError as err:
@@ -188,7 +188,7 @@ def _infer_config(state: dict, file_config: dict, study_top_k: int | None, path)
         raise CheckpointError(f"model.checkpoint {path}: its config says moe_layers={file_config['moe_layers']}, "
                               f"its tensors have routers in layers {moe_layers}")
     try:
-        cfg = ReferenceConfig(
+        cfg = Config(
             **sizes, d_inner=Counter(layer_d_inner).most_common(1)[0][0],
             n_experts=max(routed, default=max(top_k or 1, 1)),
             expert_hidden=Counter(hidden).most_common(1)[0][0] if hidden else 1,  # every layer lost its block

@@ -1,7 +1,0 @@
-"""The reference architecture: the Itera-Lite repository's `IteraLiteModel` (CisnerosCodes/Itera-Lite, MIT,
-`models/itera_lite.py`, `ssm.py`, `moe.py`), read for its facts; none of its code is copied here.
-
-config.py holds its sizes (torch-free), model.py its forward and step modes, groups.py its coupled pruning groups,
-onnx.py its ONNX graphs; convert.py imports a checkpoint the Itera-Lite code wrote, tokenizer.py its tokenizers. The
-rest of the package sees it through `iteralite.architectures`.
-"""
