@@ -336,8 +336,12 @@ FILE_EDITS = {
     # analyze and both criteria's scores; the pruned and fine-tuned variants, not the baseline nor the control
     "iteralite/pruning/groups.py": {"analyze"} | jobs("score_importance", "l1/1", "l1/2", "random/1", "random/2")
     | EVERY_PRUNE,
+    # an architecture's groups, reached through the registry's facet, as an import
+    "iteralite/architectures/itera_lite/groups.py": {"analyze"}
+    | jobs("score_importance", "l1/1", "l1/2", "random/1", "random/2") | EVERY_PRUNE,
     "iteralite/bench.py": AFTER_FINETUNE,
     "iteralite/onnxgraph.py": EVERY_EXPORT,
+    "iteralite/architectures/selective_scan/onnx.py": EVERY_EXPORT,
     "iteralite/export.py": EVERY_EXPORT,
 }
 
