@@ -48,9 +48,9 @@ lint: setup  ## ruff and snakemake --lint
 	$(SNAKEMAKE) --lint
 
 bench: setup  ## side-by-side speed of baseline and pruned models, printed
-	$(PY) -m iteralite.speedcheck
+	$(PY) -m iteralite.speedcheck $(ARGS)
 
-bench-train: setup  ## the training step: project's path, reference path, no-scan floor, side by side (ARGS="--sizes S,M,L")
+bench-train: setup  ## the training step of the study's architecture on each of its paths and of the other architecture, side by side (ARGS="--sizes S,M,L")
 	$(PY) -m iteralite.trainbench $(ARGS)
 
 slurm-up:  ## start a single-node Slurm cluster on localhost (root, Debian)

@@ -2,22 +2,23 @@
 
 Speed does not depend on the weights' values, so this needs no trained model: it builds the default config,
 plans the default target, prunes with L1 scores, quantizes, and measures every model in one process with fixed
-threads (interleaved repeats, medians). Usage: python -m iteralite.speedcheck [config.yaml] [threads]
+threads (interleaved repeats, medians). Usage: python -m iteralite.speedcheck [config.yaml ...] [--threads T]
+(config files merge key by key, as Snakemake merges them: `config/config.yaml config/selective_scan.yaml`).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 
 import torch
-import yaml
 
 from . import bench, quant
 from .architectures import build_model
 from .layers import count_parameters
 from .pruning import criteria, planner, surgery
-from .study import model_config, plan_for
+from .study import merged_config, model_config, plan_for
 
 
 def build_models(config: dict) -> dict:
@@ -42,8 +43,12 @@ def build_models(config: dict) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    config = yaml.safe_load(open(argv[0] if argv else "config/config.yaml", encoding="utf-8"))
-    threads = int(argv[1]) if len(argv) > 1 else config["benchmark"]["threads"]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", nargs="*", default=["config/config.yaml"])
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    config = merged_config(args.config)
+    threads = args.threads or config["benchmark"]["threads"]
     torch.set_num_threads(threads)
     models = build_models(config)
     rows = next(iter(models.values())).cfg.reachable_rows

@@ -96,6 +96,26 @@ def shipped_corpus(corpus: dict) -> list:
     return [EMBEDDED_CORPUS] if corpus["source"] == "embedded" else []
 
 
+def merged_config(paths: list[str]) -> dict:
+    """Config files merged key by key, later ones winning, as Snakemake merges `--configfile` files (the
+    benchmarks' command lines: `config/config.yaml config/selective_scan.yaml`)."""
+    import yaml
+
+    config: dict = {}
+
+    def merge(into: dict, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            merge(config, yaml.safe_load(f) or {})
+    return config
+
+
 def config_slice(config: dict, keys, drop=()) -> dict:
     """The given dotted keys of `config` (and nothing else), in the config's own nested shape, keys sorted at every
     level, minus the dotted keys in `drop`. A rule's params are such slices: Snakemake reruns a job when a param's

@@ -21,11 +21,11 @@ import statistics
 import time
 
 import torch
-import yaml
 
 from .architectures import ARCHITECTURES, config_class, facet, study_architecture
 from .bench import machine
 from .layers import TrainingPath, count_parameters
+from .study import merged_config
 from .train import TrainConfig, batch_losses, eager_step, pick_device, training_step
 from .workflow import bound_native_caches
 
@@ -150,23 +150,6 @@ def bench_size(config: dict, size: str, device: torch.device, repeats: int) -> d
             "peak_mb": peak, "per_token_s": median[own] / tokens}
 
 
-def merged(paths: list[str]) -> dict:
-    """Config files merged key by key, later ones winning (as Snakemake merges --configfile)."""
-    config: dict = {}
-
-    def merge(into: dict, values: dict) -> None:
-        for key, value in values.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                merge(into[key], value)
-            else:
-                into[key] = value
-
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            merge(config, yaml.safe_load(f) or {})
-    return config
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", nargs="*", default=["config/config.yaml"])
@@ -179,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [s for s in sizes if s not in SIZES]
     if unknown:
         parser.error(f"--sizes: unknown {unknown}; choose from {list(SIZES)}")
-    config = merged(args.config)
+    config = merged_config(args.config)
     bound_native_caches()
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)

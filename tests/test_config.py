@@ -277,9 +277,10 @@ def test_a_checkpoint_of_other_sizes_than_the_model_section_is_refused_when_pars
     save_checkpoint(tmp_path / "base.pt", tiny_model, "sha")
     config = with_change("model.checkpoint", str(tmp_path / "base.pt"))
     with pytest.raises(ConfigError, match=rf"^model\.checkpoint {tmp_path / 'base.pt'} does not match the config's "
-                                          rf"model \(found, config\): \{{'architecture': \('selective_scan', 'itera_lite'\), "
-                                          rf"'vocab_size': \({tiny_model.cfg.vocab_size}, "
-                                          rf"8000\), 'd_model': \({tiny_model.cfg.d_model}, 128\)"):
+                                          rf"model \(found, config\): \{{'architecture': "
+                                          rf"\('selective_scan', 'itera_lite'\), "
+                                          rf"'vocab_size': \({tiny_model.cfg.vocab_size}, 8000\), "
+                                          rf"'d_model': \({tiny_model.cfg.d_model}, 128\)"):
         study.check(config)
     save_checkpoint(tmp_path / "same.pt", build_model(study.model_config(DEFAULT)), "sha")
     study.check(with_change("model.checkpoint", str(tmp_path / "same.pt")))  # the tokenizer is checked in the job
