@@ -6,37 +6,19 @@ import re
 
 import pandas as pd
 
+from .architectures import facet
 from .pruning.model_groups import build_groups
 
-# (pattern on the state-dict name, component, coarse category); the first match wins. The names every
-# architecture's state dict uses (tok_emb or embedding, norm_f or norm, moe.router or moe.layer.router, moe.ffn).
-COMPONENTS = [
-    (r"^(tok_emb|embedding)\.", "token embedding (tied LM head)", "embeddings"),
-    (r"^(pos_emb|position_embedding)\.", "position embedding", "position embeddings"),
-    (r"ssm\.in_proj\.", "ssm.in_proj", "SSM blocks"),
-    (r"ssm\.conv1d\.", "ssm.conv1d", "SSM blocks"),
-    (r"ssm\.(A_log|B|C|D)$", "ssm.state (A_log, B, C, D)", "SSM blocks"),
-    (r"ssm\.delta_proj\.", "ssm.delta_proj", "SSM blocks"),
-    (r"ssm\.out_proj\.", "ssm.out_proj", "SSM blocks"),
-    (r"ssm\.(norm|inner_norm)\.", "ssm.norms", "norms"),
-    (r"moe\.(layer\.)?router\.", "moe.router", "MoE and feed-forward blocks"),
-    (r"moe\.(layer\.)?experts\.", "moe.experts", "MoE and feed-forward blocks"),
-    (r"moe\.ffn\.", "feed-forward (moe.ffn)", "MoE and feed-forward blocks"),
-    (r"moe\.(layer\.)?norm\.", "moe.norm", "norms"),
-    (r"^(norm_f|norm)\.", "final norm", "norms"),
-]
+# The coarse categories every architecture's COMPONENTS table (its config.py) sorts its parameters into.
 CATEGORIES = ["embeddings", "position embeddings", "SSM blocks", "MoE and feed-forward blocks", "norms"]
 
 
-def component_of(name: str) -> str:
-    return _match(name)[1]
-
-
-def _match(name: str) -> tuple[str, str, str]:
-    for entry in COMPONENTS:
+def _match(cfg, name: str) -> tuple[str, str, str]:
+    """(pattern, component, category) of a parameter, from its architecture's table (config.py's COMPONENTS)."""
+    for entry in facet(cfg.architecture, "config").COMPONENTS:
         if re.search(entry[0], name):
             return entry
-    raise KeyError(f"parameter {name} matches no component")
+    raise KeyError(f"parameter {name} matches no component of the {cfg.architecture} architecture")
 
 
 def category_breakdown(model) -> list[dict]:
@@ -44,7 +26,7 @@ def category_breakdown(model) -> list[dict]:
     with the LM head, tied to the token table, at 0."""
     counts = dict.fromkeys(CATEGORIES, 0)
     for name, p in model.named_parameters():
-        counts[_match(name)[2]] += p.numel()
+        counts[_match(model.cfg, name)[2]] += p.numel()
     total = sum(counts.values())
     rows = [{"category": c, "params": n, "percent": 100 * n / total} for c, n in counts.items()]
     return rows + [{"category": "LM head (tied)", "params": 0, "percent": 0.0}]
@@ -56,7 +38,7 @@ def parameter_table(model) -> pd.DataFrame:
     for name, p in model.named_parameters():
         match = re.match(r"layers\.(\d+)\.", name)
         layer = int(match.group(1)) if match else -1
-        rows.append({"component": component_of(name), "layer": layer, "params": p.numel()})
+        rows.append({"component": _match(model.cfg, name)[1], "layer": layer, "params": p.numel()})
     table = pd.DataFrame(rows).groupby(["component", "layer"], as_index=False, sort=False)["params"].sum()
     table["percent"] = 100 * table["params"] / table["params"].sum()
     return table

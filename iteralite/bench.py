@@ -65,7 +65,7 @@ TIMED_STEPS = 8  # one step takes milliseconds: a block of steps is timed to kee
 
 
 class TorchRunner:
-    """A torch model on its device: the batched forward and the recurrent step (IteraLite.step)."""
+    """A torch model on its device: the batched forward and the recurrent step (the model's `step`)."""
 
     runtime = "torch"
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .architectures import build_model, config_from_dict
+from .architectures.configs import config_from_dict
+from .architectures.models import build_model
 from .artifacts import CheckpointError, load_torch, save_torch
 
 CHECKPOINT_FORMAT = "iteralite-checkpoint-v1"

@@ -16,6 +16,21 @@ class LayerSizes:
     that rebuilds them (naming the architecture). Each config dataclass adds its fields, checks and `is_routed`."""
 
     architecture: ClassVar[str]
+    # The sizes every architecture's config has, which the shared code reads (the planner, the graph builder, the
+    # benchmarks); a config adds its own (norm widths, moe_layers, ...).
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    max_seq: int
+    d_inner: int
+    d_state: int
+    d_conv: int
+    n_experts: int
+    expert_hidden: int
+    top_k: int
+    vocab_reachable: int
+    layer_d_inner: list[int]
+    layer_expert_hidden: list[list[int]]
 
     @property
     def reachable_rows(self) -> int:

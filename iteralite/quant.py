@@ -34,7 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .architectures import config_from_dict, model_class
+from .architectures.configs import config_from_dict
+from .architectures.models import model_class
 from .artifacts import CheckpointError, load_torch, save_torch
 from .checkpoint import load_checkpoint
 from .layers import count_parameters

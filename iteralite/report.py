@@ -515,7 +515,8 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
         table_html(display(pd.DataFrame(analysis["by_component"]).assign(
             percent=lambda f: f["percent"].map("{:.1f}%".format)))),
         f"<p>By category ({html.escape(analysis['config']['architecture'])} architecture; where the model has "
-        "the study plan's 1,886,496 parameters, the plan's own figures beside them, from report/targets.yaml):</p>",
+        f"the study plan's {shipped['plan_breakdown']['parameters']:,} parameters, the plan's own figures beside "
+        "them, from report/targets.yaml):</p>",
         table_html(category_table(analysis, shipped["plan_breakdown"])),
     ]
     if inputs.get("importance"):

@@ -15,7 +15,7 @@ import tempfile
 import torch
 
 from . import bench, quant
-from .architectures import build_model
+from .architectures.models import build_model
 from .layers import count_parameters
 from .pruning import criteria, planner, surgery
 from .study import merged_config, model_config, plan_for

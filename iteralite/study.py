@@ -11,7 +11,8 @@ import os
 from functools import cache
 
 from . import corpusfiles, naming
-from .architectures import ITERA_LITE_FILES, ModelConfig, config_class, differences, facet, study_architecture
+from .architectures import ITERA_LITE_FILES, ModelConfig, facet, study_architecture
+from .architectures.configs import config_class, differences
 from .paths import EMBEDDED_CORPUS
 from .pruning.planner import PlanError, plan_target
 
@@ -23,6 +24,10 @@ class ConfigError(ValueError):
 def model_config(config: dict) -> ModelConfig:
     """The model the study starts from: an imported Itera-Lite checkpoint's (`model.checkpoint`), else the model
     section's sizes for its architecture (the default's when unnamed), its vocabulary the tokenizer's."""
+    try:
+        config_type = config_class(study_architecture(config["model"]))  # a former name is refused even for an import
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     checkpoint = config["model"].get("checkpoint")
     imported = imported_config(checkpoint, config["model"].get("top_k")) if checkpoint else None
     if imported is not None:  # its table may have rows the tokenizer's ids never reach
@@ -30,12 +35,12 @@ def model_config(config: dict) -> ModelConfig:
         return dataclasses.replace(imported, vocab_reachable=rows if rows < imported.vocab_size else 0)
     values = {k: v for k, v in config["model"].items() if k not in ("checkpoint", "architecture")}
     values["vocab_size"] = tokenizer_rows(config["tokenizer"])
+    sizes = [field.name for field in dataclasses.fields(config_type)]
+    foreign = sorted(set(values) - set(sizes))
+    if foreign:
+        raise ConfigError(f"model.{foreign[0]} is not a size of model.architecture {config_type.architecture} "
+                          f"(its sizes: {', '.join(sizes)})")
     try:
-        config_type = config_class(study_architecture(config["model"]))
-        foreign = sorted(set(values) - set(config_type.__dataclass_fields__))
-        if foreign:
-            raise ConfigError(f"model.{foreign[0]} is not a size of model.architecture {config_type.architecture} "
-                              f"(its sizes: {', '.join(config_type.__dataclass_fields__)})")
         return config_type.from_dict(values)
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None

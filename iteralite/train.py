@@ -354,8 +354,8 @@ def train(
     total = cfg.total_steps(windows.steps_per_epoch, model.cfg.max_seq)
     warmup_steps = int(cfg.warmup) if cfg.warmup >= 1 else max(1, round(cfg.warmup * total))
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.dim() >= 2 and "A_log" not in name else no_decay).append(p)
+    for p in model.parameters():
+        (decay if p.dim() >= 2 else no_decay).append(p)  # matrices decay; norms, biases, A_log, D do not
     graphed = device.type == "cuda"
     # On CUDA the learning rate is a device tensor (filled before each step) and AdamW keeps its state on the device
     # (capturable), so that the step can be a CUDA graph.

@@ -22,7 +22,8 @@ import time
 
 import torch
 
-from .architectures import ARCHITECTURES, config_class, facet, study_architecture
+from .architectures import ARCHITECTURES, facet, study_architecture
+from .architectures.configs import config_class
 from .bench import machine
 from .layers import TrainingPath, count_parameters
 from .study import merged_config

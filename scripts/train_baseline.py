@@ -1,5 +1,5 @@
 from iteralite import workflow
-from iteralite.architectures import config_from_dict
+from iteralite.architectures.configs import config_from_dict
 from iteralite.stages import training, user_baseline
 from iteralite.train import TrainConfig, pick_device
 

@@ -70,7 +70,8 @@ def test_an_architecture_folder_imports_no_other_architecture():
 
 
 def test_every_architecture_provides_the_interface():
-    from iteralite.architectures import config_class, facet
+    from iteralite.architectures import facet
+    from iteralite.architectures.configs import config_class
 
     for architecture in ARCHITECTURES:
         cfg = config_class(architecture)(vocab_size=40, d_model=8, n_layers=2, max_seq=8, d_inner=16, d_state=2,

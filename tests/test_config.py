@@ -271,7 +271,7 @@ def test_the_parse_reads_corpus_files_without_torch_or_datasets(tmp_path):
 
 
 def test_a_checkpoint_of_other_sizes_than_the_model_section_is_refused_when_parsed(tiny_model, tmp_path):
-    from iteralite.architectures import build_model
+    from iteralite.architectures.models import build_model
     from iteralite.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "base.pt", tiny_model, "sha")
@@ -284,3 +284,12 @@ def test_a_checkpoint_of_other_sizes_than_the_model_section_is_refused_when_pars
         study.check(config)
     save_checkpoint(tmp_path / "same.pt", build_model(study.model_config(DEFAULT)), "sha")
     study.check(with_change("model.checkpoint", str(tmp_path / "same.pt")))  # the tokenizer is checked in the job
+
+
+def test_config_files_merge_key_by_key_as_snakemake_merges_them():
+    """The benchmarks' command lines (`config/config.yaml config/selective_scan.yaml`) give the study Snakemake runs."""
+    merged = study.merged_config([study.SCHEMA.replace("schema.yaml", "config.yaml"),
+                                  study.SCHEMA.replace("schema.yaml", "selective_scan.yaml")])
+    assert merged["model"]["architecture"] == "selective_scan" and merged["model"]["d_model"] == 128
+    assert merged["train"]["lr"] == 0.003 and merged["train"]["max_steps"] == DEFAULT["train"]["max_steps"]
+    assert study.model_config(merged).architecture == "selective_scan"

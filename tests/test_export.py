@@ -40,7 +40,7 @@ def runtime_of(files: dict, manifest: dict) -> serve.OnnxModel:
 @pytest.mark.parametrize("int4", [False, True])
 def test_both_graphs_compute_what_the_torch_model_computes(tiny_model, tmp_path, int4):
     """The sequence graph's logits and final state, and the step graph token by token, against torch's forward and
-    torch's own step mode (IteraLite.step), independently of the export's verification."""
+    torch's own step mode (the model's `step`), independently of the export's verification."""
     path = saved(tiny_model, tmp_path, int4)
     files, manifest = export.export("m", path, TOKENS, "sha", SETTINGS)
     model = quant.load_model(path, export.TORCH_INT4_PATH)

@@ -240,7 +240,8 @@ def test_rows_no_token_reaches_are_pruned_leaving_every_reachable_logit_and_lowe
     """A table of 90 rows of which a tokenizer reaches 10: the vocab group removes the 80 others, in one pruned model
     with the other groups; the reachable logits stay exactly (the head is a matmul per row), the perplexity of any
     reachable targets can only fall (the softmax loses terms), and the planner counts the rows it removes."""
-    from iteralite.architectures import build_model, config_from_dict
+    from iteralite.architectures.configs import config_from_dict
+    from iteralite.architectures.models import build_model
     from iteralite.layers import count_parameters
     from iteralite.pruning import planner, surgery
     from iteralite.pruning.model_groups import build_groups

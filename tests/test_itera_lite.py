@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from iteralite import analysis, export, quant, study
-from iteralite.architectures import config_from_dict
+from iteralite.architectures.configs import config_from_dict
 from iteralite.architectures.itera_lite.config import Config as IteraLiteConfig
 from iteralite.architectures.itera_lite.config import parameter_count
 from iteralite.architectures.itera_lite.model import Model as IteraLiteModel
@@ -231,6 +231,7 @@ def base_config() -> dict:
      "model.moe_layers is not a size of model.architecture selective_scan"),
     ({"architecture": "reference"}, "model.architecture: 'reference' is now called 'itera_lite'"),
     ({"architecture": "project"}, "model.architecture: 'project' is now called 'selective_scan'"),
+    ({"architecture": "reference", "checkpoint": "itera.pt"}, "model.architecture: 'reference' is now called"),
     ({"architecture": "mamba"}, "model.architecture must be one of ['itera_lite', 'selective_scan'], got 'mamba'"),
 ])
 def test_a_model_section_that_cannot_be_built_is_refused_naming_the_key(model, message):

@@ -44,6 +44,9 @@ def test_closures_follow_relative_and_lazy_imports():
     assert not {m for m in finetune if m.startswith("iteralite.pruning")}
     assert "iteralite.quant" in closure("evaluate") and "iteralite.pruning.surgery" not in closure("evaluate")
     assert not {m for m in closure("prepare_corpus") if m.startswith(("iteralite.architectures", "iteralite.train"))}
+    # the tokenizer import reaches the Itera-Lite tokenizer reader through the registry, and no model code
+    assert "iteralite.architectures.itera_lite.tokenizer" in closure("train_tokenizer")
+    assert not {m for m in closure("train_tokenizer") if m.endswith((".model", ".scan", ".scan_triton", ".config"))}
 
 
 def test_code_digest_changes_with_a_module_it_reaches(tmp_path, monkeypatch):

@@ -115,8 +115,8 @@ def test_rule_graph_is_read_from_snakemakes_dot_and_layered_by_longest_path():
 def test_the_plans_breakdown_stands_beside_the_measured_one_for_the_plans_model():
     import yaml
 
-    from iteralite.architectures import build_model
     from iteralite.architectures.itera_lite.config import Config
+    from iteralite.architectures.models import build_model
     from iteralite.study import SCHEMA
 
     with open(SCHEMA.replace("config/schema.yaml", "report/targets.yaml"), encoding="utf-8") as f:

@@ -19,6 +19,7 @@ from collections import Counter
 
 import torch
 
+from iteralite.architectures import ITERA_LITE_FILES
 from iteralite.checkpoint import load_checkpoint
 
 
@@ -32,8 +33,9 @@ def word_vocabulary(train_txt: str, words: int, vocab_size: int) -> dict:
 def itera_lite_state(model_path: str, rows: int, layout: str, moe_moe: bool):
     model, _ = load_checkpoint(model_path)
     cfg = model.cfg
-    if cfg.architecture != "itera_lite":
-        raise SystemExit(f"{model_path} is a {cfg.architecture} model; the Itera-Lite layouts hold an itera_lite one")
+    if cfg.architecture != ITERA_LITE_FILES:
+        raise SystemExit(f"{model_path} is a {cfg.architecture} model; the Itera-Lite layouts hold an "
+                         f"{ITERA_LITE_FILES} one")
     generator = torch.Generator().manual_seed(0)
     table = model.embedding.weight.detach()
     padding = torch.randn(rows - table.shape[0], table.shape[1], generator=generator) * 0.02

@@ -3,7 +3,7 @@
     python tools/scan_candidates.py [threads] [repeats]
 
 Times forward + backward of one SSM layer's scan at the default size (batch 32 x 128 tokens, 256 channels, state 8)
-for: the reference (torch ops, iteralite.scan.reference_scan), the project's numba kernel (iteralite.scan.FusedScan),
+for: the reference (torch ops, the selective-scan architecture's scan.reference_scan), its numba kernel (FusedScan),
 and another loop order (channels outermost, the state innermost) as a torch C++ extension (built here
 with torch.utils.cpp_extension.load_inline, g++ -O3 -march=native, OpenMP; the exp in the kernel, which GCC
 vectorises through glibc's libmvec). Each candidate's output

@@ -13,7 +13,10 @@ Each architecture is one folder here, a package of modules ("facets") with the s
 - optionally more: itera_lite's convert.py and tokenizer.py import the files of the Itera-Lite code.
 
 The shared code reaches a facet through `facet(architecture, "<module>")` with the module's name written out, so
-that the code tracking (iteralite.provenance) sees which facets a rule's code reaches, as it sees an import.
+that the code tracking (iteralite.provenance) sees which facets a rule's code reaches, as it sees an import; the
+two doors most code needs sit beside this module, each reaching one facet: configs.py (a config from a dict, its
+parameter count) and models.py (a model of a config). This module itself reaches none, so that a rule that only
+needs a name (the tokenizer import) does not rerun when a model's code changes.
 """
 
 from __future__ import annotations
@@ -63,31 +66,3 @@ def saved_architecture(values: dict) -> str:
     if name not in ARCHITECTURES:
         raise ValueError(f"model config names an unknown architecture {name!r} (known: {list(ARCHITECTURES)})")
     return name
-
-
-def config_class(architecture: str) -> type[LayerSizes]:
-    return facet(architecture, "config").Config
-
-
-def config_from_dict(values: dict) -> ModelConfig:
-    """The config a saved dict describes (a checkpoint's, an export's)."""
-    return config_class(saved_architecture(values)).from_dict(values)
-
-
-def parameter_count(cfg: ModelConfig) -> int:
-    return facet(cfg.architecture, "config").parameter_count(cfg)
-
-
-def model_class(cfg: ModelConfig) -> type:
-    return facet(cfg.architecture, "model").Model
-
-
-def build_model(cfg: ModelConfig):
-    """A fresh model of the config's architecture (on the current default device)."""
-    return model_class(cfg)(cfg)
-
-
-def differences(found: ModelConfig, expected: ModelConfig) -> dict[str, tuple]:
-    """key -> (found, expected) for every size in which a checkpoint's model differs from the study's."""
-    actual = found.to_dict()
-    return {key: (actual.get(key), value) for key, value in expected.to_dict().items() if actual.get(key) != value}

@@ -1,6 +1,7 @@
 """Dependency-aware structured pruning, one job per module:
 
-- groups.py: the coupled groups of a model config (which tensor slices go together);
+- groups.py: the group types (which tensor slices go together); model_groups.py: a config's groups, as its
+  architecture declares them;
 - criteria.py: importance criteria and the calibration pass that feeds the data-aware ones;
 - planner.py: a parameter target -> cut ratio per group kind -> channels kept per group;
 - surgery.py: choosing the channels to keep, and slicing them out of a model.
@@ -16,12 +17,12 @@ A `Group` lists every tensor slice that must go when one of its channels goes (a
   the block, and the residual stream passes the layer unchanged;
 - vocab (where the tokenizer reaches fewer rows than the table has): the rows past its ids, which go at every target.
 Never pruned: the SSM state dimension (A_log, the n axis of B and C) and the rows a token id reaches.
-These are the project architecture's groups; the reference architecture declares its own, of the same kinds
-(iteralite/reference/groups.py).
+These are the selective-scan architecture's groups; the Itera-Lite architecture declares its own, of the same kinds
+(each architecture's groups.py; model_groups.build_groups returns a config's).
 
 Pruning slices the state dict and rebuilds an ordinary model of the same architecture from a smaller config: nothing
-is masked. In the project's architecture its outputs equal the dense model's with the same channels masked to zero
-(`masked_model`, the semantics the tests compare with); in the reference architecture they do for hidden units,
+is masked. In the selective-scan architecture its outputs equal the dense model's with the same channels masked to
+zero (`masked_model`, the semantics the tests compare with); in the Itera-Lite architecture they do for hidden units,
 experts and blocks, and for SSM channels and width once the step size and the LayerNorms take only the survivors
-(docs/design.md, "Two architectures").
+(docs/design.md, "The Itera-Lite architecture").
 """

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..architectures import build_model
+from ..architectures.models import build_model
 from .groups import BLOCK_KINDS, hidden_group_name
 from .model_groups import build_groups
 
@@ -97,7 +97,7 @@ def _renumber_experts(state: dict, expert_params: list[list[str]], survivors: li
 
 
 def masked_model(model, kept: dict[str, torch.Tensor]):
-    """The reference semantics of pruning: the dense model with every dropped channel's slices zeroed, dropped
+    """The masked semantics of pruning: the dense model with every dropped channel's slices zeroed, dropped
     experts removed from routing (their router logit forced to -inf), and dropped blocks skipped."""
     masked = copy.deepcopy(model)
     state = masked.state_dict()

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..architectures import ModelConfig, build_model
+from ..architectures import ModelConfig
+from ..architectures.models import build_model
 from ..artifacts import write_csv
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import load_tokens

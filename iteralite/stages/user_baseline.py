@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..architectures import ITERA_LITE_FILES, ModelConfig, differences, facet
+from ..architectures import ITERA_LITE_FILES, ModelConfig, facet
+from ..architectures.configs import differences
 from ..artifacts import CheckpointError, write_csv
 from ..checkpoint import save_checkpoint
 from ..data import load_tokens

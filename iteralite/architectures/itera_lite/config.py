@@ -15,6 +15,24 @@ from typing import ClassVar
 
 from ...modelconfig import LayerSizes
 
+# (pattern on a state-dict name, component, category of analysis.CATEGORIES): the report's parameter breakdown; the
+# first match wins.
+COMPONENTS = [
+    (r"^embedding\.", "token embedding (tied LM head)", "embeddings"),
+    (r"^position_embedding\.", "position embedding", "position embeddings"),
+    (r"ssm\.in_proj\.", "ssm.in_proj", "SSM blocks"),
+    (r"ssm\.conv1d\.", "ssm.conv1d", "SSM blocks"),
+    (r"ssm\.ssm\.(A_log|B|C|D)$", "ssm.state (A_log, B, C, D)", "SSM blocks"),
+    (r"ssm\.ssm\.delta_proj\.", "ssm.delta_proj", "SSM blocks"),
+    (r"ssm\.out_proj\.", "ssm.out_proj", "SSM blocks"),
+    (r"ssm\.norm\.", "ssm.norms", "norms"),
+    (r"moe\.layer\.router\.", "moe.router", "MoE and feed-forward blocks"),
+    (r"moe\.layer\.experts\.", "moe.experts", "MoE and feed-forward blocks"),
+    (r"moe\.ffn\.", "feed-forward (moe.ffn)", "MoE and feed-forward blocks"),
+    (r"moe\.(layer\.)?norm\.", "moe.norm", "norms"),
+    (r"^norm\.", "final norm", "norms"),
+]
+
 
 @dataclass
 class Config(LayerSizes):

@@ -8,7 +8,7 @@
 - width (d_model): both embeddings' columns, every LayerNorm's weight and bias, in_proj columns, out_proj rows,
   router columns, w1 columns, w2 rows.
 - ssm_blocks, moe_blocks (depth): a whole SSM block, or a layer's whole MoE or feed-forward block.
-Where pruning equals masking here and where it does not: docs/design.md ("Two architectures").
+Where pruning equals masking here and where it does not: docs/design.md ("The Itera-Lite architecture").
 """
 
 from __future__ import annotations

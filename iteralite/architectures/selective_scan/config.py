@@ -11,6 +11,23 @@ from typing import ClassVar
 
 from ...modelconfig import LayerSizes
 
+# (pattern on a state-dict name, component, category of analysis.CATEGORIES): the report's parameter breakdown; the
+# first match wins.
+COMPONENTS = [
+    (r"^tok_emb\.", "token embedding (tied LM head)", "embeddings"),
+    (r"^pos_emb\.", "position embedding", "position embeddings"),
+    (r"ssm\.in_proj\.", "ssm.in_proj", "SSM blocks"),
+    (r"ssm\.conv1d\.", "ssm.conv1d", "SSM blocks"),
+    (r"ssm\.(A_log|B|C|D)$", "ssm.state (A_log, B, C, D)", "SSM blocks"),
+    (r"ssm\.delta_proj\.", "ssm.delta_proj", "SSM blocks"),
+    (r"ssm\.out_proj\.", "ssm.out_proj", "SSM blocks"),
+    (r"ssm\.(norm|inner_norm)\.", "ssm.norms", "norms"),
+    (r"moe\.router\.", "moe.router", "MoE and feed-forward blocks"),
+    (r"moe\.experts\.", "moe.experts", "MoE and feed-forward blocks"),
+    (r"moe\.norm\.", "moe.norm", "norms"),
+    (r"^norm_f\.", "final norm", "norms"),
+]
+
 
 @dataclass
 class Config(LayerSizes):
