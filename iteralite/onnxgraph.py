@@ -119,7 +119,8 @@ def _packed_pairs(values: np.ndarray) -> np.ndarray:
 
 class GraphBuilder:
     """Nodes and initializers of one graph; every method returns the name of the value it made. Each architecture's
-    onnx.py subclasses it with its blocks (`body`) and the names of its embedding tables."""
+    onnx.py subclasses it with its blocks (`ssm_block`, `moe_block`, `final_norm`) and the names of its embedding
+    tables."""
 
     TOKEN_TABLE: str  # the embeddings' state-dict names
     POSITION_TABLE: str
@@ -256,6 +257,22 @@ class GraphBuilder:
     def body(self, u: str, cfg: ModelConfig, states: dict[int, tuple[str, str]]) -> str:
         """Every layer, then the final norm and the head: logits. `states` maps a layer to its past states
         (conv, ssm); a layer's SSM block writes its new ones to present_conv.{i} and present_ssm.{i}."""
+        for i in range(cfg.n_layers):
+            if cfg.has_ssm(i):
+                u = self.ssm_block(u, i, cfg, *states.get(i, ("", "")), [f"present_conv.{i}", f"present_ssm.{i}"])
+            if cfg.has_moe(i):
+                u = self.moe_block(u, i, cfg)
+        return self.head(self.final_norm(u, cfg))
+
+    # An architecture's blocks: its SSM block (writing its new states to `outputs`), its second block and its final
+    # norm, each on (b, l, d) (l = 1 in the step graph).
+    def ssm_block(self, u: str, i: int, cfg: ModelConfig, conv_state: str, ssm_state: str, outputs: list[str]) -> str:
+        raise NotImplementedError
+
+    def moe_block(self, u: str, i: int, cfg: ModelConfig) -> str:
+        raise NotImplementedError
+
+    def final_norm(self, u: str, cfg: ModelConfig) -> str:
         raise NotImplementedError
 
 

@@ -9,7 +9,7 @@ Each architecture is one folder here, a package of modules ("facets") with the s
   and `layers[i]["moe"]` (a layer's two blocks) and `routed_blocks()`; and `training_paths(device_type)`, the
   variants of its training step that `make bench-train` times (the first is the one training takes);
 - groups.py: `build_groups(cfg)`, its coupled pruning groups (`pruning.groups.Group`), torch-free;
-- onnx.py: `Builder`, an `onnxgraph.GraphBuilder` with its blocks (`body`) and its scan state's shape;
+- onnx.py: `Builder`, an `onnxgraph.GraphBuilder` with its blocks (`ssm_block`, `moe_block`, `final_norm`);
 - optionally more: itera_lite's convert.py and tokenizer.py import the files of the Itera-Lite code.
 
 The shared code reaches a facet through `facet(architecture, "<module>")` with the module's name written out, so

@@ -77,10 +77,5 @@ class Builder(GraphBuilder):
         return self.op("Add", u, self.mixture(x, p, self.linear(x, f"{p}.router.gate"), cfg.top_k_in(i),
                                               cfg.layer_expert_hidden[i], biases=False))
 
-    def body(self, u: str, cfg: Config, states: dict[int, tuple[str, str]]) -> str:
-        for i in range(cfg.n_layers):
-            if cfg.has_ssm(i):
-                u = self.ssm_block(u, i, cfg, *states.get(i, ("", "")), [f"present_conv.{i}", f"present_ssm.{i}"])
-            if cfg.has_moe(i):
-                u = self.moe_block(u, i, cfg)
-        return self.head(self.layer_norm(u, "norm", cfg.norm_eps))
+    def final_norm(self, u: str, cfg: Config) -> str:
+        return self.layer_norm(u, "norm", cfg.norm_eps)

@@ -64,13 +64,7 @@ class Builder(GraphBuilder):
         return self.op("Add", u, self.mixture(x, p, self.linear(x, f"{p}.router"), cfg.top_k_in(i),
                                               cfg.layer_expert_hidden[i], biases=True))
 
-    def body(self, u: str, cfg: Config, states: dict[int, tuple[str, str]]) -> str:
-        """Every layer, then the final norm and the head: logits. `states` maps a layer to its past states."""
-        for i in range(cfg.n_layers):
-            if cfg.has_ssm(i):
-                u = self.ssm_block(u, i, cfg, *states.get(i, ("", "")), [f"present_conv.{i}", f"present_ssm.{i}"])
-            if cfg.has_moe(i):
-                u = self.moe_block(u, i, cfg)
-        return self.head(self.rms_norm(u, "norm_f", cfg.norm_ref_d_model))
+    def final_norm(self, u: str, cfg: Config) -> str:
+        return self.rms_norm(u, "norm_f", cfg.norm_ref_d_model)
 
 
