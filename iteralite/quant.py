@@ -183,7 +183,7 @@ class Int4Head:
 @functools.cache
 def quantized_class(model: type) -> type:
     """An architecture's model class with INT4 weights: its forward, through the 4-bit tied table as LM head."""
-    return type(f"Quantized{model.__module__.split('.')[-2].title().replace('_', '')}", (Int4Head, model), {})
+    return type(f"Quantized{model.__name__}", (Int4Head, model), {"__module__": model.__module__})
 
 
 def is_quantized(name: str, tensor: torch.Tensor, keep: list[str]) -> bool:
