@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import zipfile
 from contextlib import contextmanager
@@ -69,8 +70,10 @@ def save_torch(path, obj) -> None:
         torch.save(obj, tmp)
 
 
-def load_torch(path, what: str = "file"):
-    """torch.load with weights_only=True; a truncated, foreign or code-carrying file gets an error naming it."""
+def load_torch(path, what: str = "file", safe_globals=()):
+    """torch.load with weights_only=True; a truncated, foreign or code-carrying file gets an error naming it.
+    `safe_globals`: classes the unpickler may build besides tensors and containers (torch's `(class, "module.Name")`
+    pairs build a stand-in under a foreign name); it sets their fields and runs none of the file's code."""
     import torch
 
     path = Path(path)
@@ -80,8 +83,13 @@ def load_torch(path, what: str = "file"):
         raise CheckpointError(f"{what} {path} is not a torch file: torch files are zip archives and this file is not "
                               "one (another format, or cut short)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a damaged zip or pickle raises almost anything (KeyError, EOFError, RuntimeError...)
+        foreign = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if foreign:
+            raise CheckpointError(f"{what} {path} holds a pickled {foreign.group(1)}, which a weights-only load does "
+                                  "not build (building it would run code the file names)") from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{what} {path} is not a loadable weights-only torch file ({first})") from None
 

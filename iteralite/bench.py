@@ -228,6 +228,6 @@ def samples(models: dict, tokenizer, prompts: list[str], new_tokens: int, device
         for prompt in prompts:
             ids = torch.tensor([tokenizer.encode(prompt).ids[: model.cfg.max_seq - 1]], device=device)
             generated = model.generate(ids, new_tokens, 0.8, torch.Generator(device).manual_seed(seed))
-            texts.append(tokenizer.decode(generated[0].tolist()))
+            texts.append(serve.decode(tokenizer, generated[0].tolist()))
         out[name] = texts
     return out

@@ -209,6 +209,18 @@ def load_tokenizer(directory: Path, manifest: dict) -> Tokenizer:
     return tokenizer
 
 
+UNKNOWN = "<UNK>"
+
+
+def decode(tokenizer: Tokenizer, ids: list[int]) -> str:
+    """The text of `ids`; an id the tokenizer lacks (a row of an imported table past its words, which a model may
+    sample until pruning removes it) reads as the tokenizer's <UNK>, as the Itera-Lite tokenizers decode it."""
+    unknown = tokenizer.token_to_id(UNKNOWN)
+    if unknown is not None:
+        ids = [i if tokenizer.id_to_token(i) is not None else unknown for i in ids]
+    return tokenizer.decode(ids)
+
+
 def encode_prompt(tokenizer: Tokenizer, prompt: str, max_seq: int) -> list[int]:
     ids = tokenizer.encode(prompt).ids
     if not ids:
@@ -259,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         prompt = encode_prompt(tokenizer, args.prompt, model.max_seq)
         if len(prompt) + args.tokens > model.max_seq:
             print(f"note: generation stops at max_seq={model.max_seq} tokens", file=sys.stderr)
-        print(tokenizer.decode(model.generate(prompt, args.tokens, args.temperature, args.seed)))
+        print(decode(tokenizer, model.generate(prompt, args.tokens, args.temperature, args.seed)))
         return 0
     except ServeError as err:
         print(f"error: {err}", file=sys.stderr)

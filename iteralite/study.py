@@ -32,7 +32,8 @@ def model_config(config: dict) -> ModelConfig:
     imported = imported_config(checkpoint, config["model"].get("top_k")) if checkpoint else None
     if imported is not None:  # its table may have rows the tokenizer's ids never reach
         rows = tokenizer_rows(config["tokenizer"]) if config["tokenizer"].get("path") else imported.vocab_size
-        return dataclasses.replace(imported, vocab_reachable=rows if rows < imported.vocab_size else 0)
+        return dataclasses.replace(imported, vocab_reachable=rows if rows < imported.vocab_size else 0,
+                                   max_seq=min(imported.max_seq, config["model"]["max_seq"]))
     values = {k: v for k, v in config["model"].items() if k not in ("checkpoint", "architecture")}
     values["vocab_size"] = tokenizer_rows(config["tokenizer"])
     sizes = [field.name for field in dataclasses.fields(config_type)]
@@ -334,8 +335,9 @@ def _check_import(config: dict, cfg: ModelConfig) -> None:
                               f"rows of model.checkpoint {checkpoint}'s table")
         longest = max(config["benchmark"]["contexts"])
         if cfg.max_seq < longest:
-            raise ConfigError(f"model.checkpoint {checkpoint}: max_seq {cfg.max_seq} is shorter than the study's "
-                              f"windows need (benchmark.contexts up to {longest})")
+            raise ConfigError(f"model.checkpoint {checkpoint}: its window of {cfg.max_seq} positions (the "
+                              f"smaller of model.max_seq and the file's {found.max_seq}) is shorter than the "
+                              f"study's windows need (benchmark.contexts up to {longest})")
 
 
 SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "schema.yaml")

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from . import data, quant
+from . import data, quant, serve
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = data.load_tokenizer(args.tokenizer)
     prompt = torch.tensor([tokenizer.encode(args.prompt).ids[: model.cfg.max_seq]])
     generated = model.generate(prompt, args.tokens, args.temperature, torch.Generator().manual_seed(args.seed))
-    print(tokenizer.decode(generated[0].tolist()))
+    print(serve.decode(tokenizer, generated[0].tolist()))
 
 
 if __name__ == "__main__":

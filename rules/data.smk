@@ -52,6 +52,7 @@ rule tokenize:
         tokens="results/tokens/tokens.pt",
         stats="results/tokens/stats.json",
     params:
+        window=study.model_config(config).max_seq,  # every split must hold one window (+1 target)
         code=code_of("tokenize"),
     conda:
         "../envs/iteralite.yaml"

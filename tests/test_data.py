@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -112,3 +113,20 @@ def test_hub_name_offline_fails_without_a_network_attempt():
     assert "DataError: corpus.hub_name 'roneneldan/TinyStories' could not be loaded" in run.stderr
     assert "(HF_DATASETS_OFFLINE=1: no network access is attempted" in run.stderr
     assert "network attempts: []" in run.stdout, run.stdout + run.stderr[-2000:]
+
+
+def test_a_split_shorter_than_one_window_fails_when_tokenized_naming_the_keys(tmp_path):
+    from iteralite.architectures.itera_lite.tokenizer import read_tokenizer
+    from iteralite.stages.corpus import tokenize
+
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text(json.dumps({"token_to_id": {"<UNK>": 1, "a": 4}}))
+    read_tokenizer(tokenizer)[0].save(str(tokenizer))
+    splits = []
+    for name, words in (("train", 300), ("validation", 65), ("test", 64)):
+        splits.append(tmp_path / f"{name}.txt")
+        splits[-1].write_text("a " * words)
+    tokenize([str(p) for p in splits[:2]], str(tokenizer), 64, str(tmp_path / "t.pt"), str(tmp_path / "s.json"))
+    with pytest.raises(data.DataError, match=r"corpus split test: 64 tokens, fewer than one window of "
+                                             r"model.max_seq=64 positions and its target; a larger corpus"):
+        tokenize([str(p) for p in splits], str(tokenizer), 64, str(tmp_path / "t.pt"), str(tmp_path / "s.json"))

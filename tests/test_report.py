@@ -60,6 +60,28 @@ def test_findings_compare_schedules_of_the_same_size():
     assert "taylor (distill) at the same size as t40: 82.10 ± 0.14 (2 seeds), +2.6%; every seed of one beats" in text[1]
 
 
+@pytest.mark.parametrize("methods, advice", [
+    (["distill", "plain"], "plain fine-tuning recovers best here: finetuned/taylor-t40-plain reaches 10.25 ± 0.35 "
+                           "(2 seeds)"),
+    (["distill"], "recovery by plain fine-tuning, which does not inherit the baseline's fit, is not in this study: "
+                  "add plain to finetune.methods"),
+])
+def test_a_baseline_that_does_not_fit_the_corpus_is_said_first_with_the_control_as_reference(methods, advice):
+    """An imported model trained on other text: the control (fine-tuned alone) far below the baseline."""
+    rows = {"baseline/dense": 910.0, "finetuned/dense-s1": 2.3, "finetuned/dense-s2": 2.4}
+    for method, ppl in (("distill", 10.5), ("plain", 10.0)):
+        if method in methods:
+            rows |= {f"finetuned/taylor-t40-{method}-s1": ppl, f"finetuned/taylor-t40-{method}-s2": ppl + 0.5}
+    text = report.findings(report.family_stats(summary(rows)))
+    assert text[0].startswith("The baseline does not fit this corpus: fine-tuning it alone (the dense control) takes "
+                              "its test perplexity from 910.00 to 2.35, so a figure against the baseline mostly "
+                              f"measures that training. Distillation copies the baseline, fit and all; {advice}. "
+                              "Against the control, the fair reference here, the best pruned model "
+                              "(finetuned/taylor-t40-")
+    assert text[0].endswith("-plain) is +336.2%." if "plain" in methods else "-distill) is +357.4%.")
+    assert not report.findings(report.family_stats(STUDY))[0].startswith("The baseline does not fit")
+
+
 def test_targets_are_met_by_the_best_recipe_mean():
     table = report.targets_vs_measured(report.family_stats(STUDY),
                                        [{"figure": "ppl", "at_most": 0.03, "key": "ppl_pruned"},

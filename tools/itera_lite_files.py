@@ -1,26 +1,36 @@
-"""Files in the layouts the Itera-Lite code writes, for trying the import (docs/import.md) without that code.
+"""Files in the layouts the Itera-Lite code writes, for trying the import (docs/import.md) without that code, and the
+import's fidelity on each of them.
 
     python tools/itera_lite_files.py tokenizer TRAIN_TXT OUT.json [--words N] [--vocab-size V]
         a word-level vocabulary as Itera-Lite's dataset loader saves it ({vocab_size, token_to_id, id_to_token}):
         <PAD> <UNK> <BOS> <EOS>, then the N most frequent lower-cased words of TRAIN_TXT
-    python tools/itera_lite_files.py checkpoint MODEL.pt OUT.pt [--rows R] [--layout dict|bare|int8] [--moe-moe]
-        a reference-architecture checkpoint of this package (one the workflow trained with that tokenizer) as
-        the Itera-Lite code saves its model: the table padded to R rows (the rows no token id reaches, drawn as
-        that code initialises them, N(0, 0.02)), the tied lm_head.weight, the routers' expert_counts; `dict`
-        wraps it in {model_state_dict, config}, `bare` is the state dict alone, `int8` the state dict of
-        torch's dynamic int8 quantization of its Linears; --moe-moe writes the MoE keys as .moe.moe.
+    python tools/itera_lite_files.py checkpoint MODEL.pt OUT.pt [--rows R] [--layout L] [--moe-moe]
+        an itera_lite checkpoint of this package (one the workflow trained) as the Itera-Lite code saves it in
+        layout L (iteralite/architectures/itera_lite/layouts.py: trainer, int8, nf4, ...): the table padded to R
+        rows (the rows no token id reaches, drawn as that code initialises them, N(0, 0.02)); --moe-moe writes
+        the MoE keys as .moe.moe.
+    python tools/itera_lite_files.py fidelity MODEL.pt TOKENS.pt [--windows N]
+        every layout of MODEL.pt imported and run on N test windows of TOKENS.pt (results/tokens/tokens.pt) beside
+        what the Itera-Lite code computes on that file: the largest logit difference as a fraction of the logits'
+        spread, and how often the two pick the same next token (a markdown table)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import torch
 
-from iteralite.architectures import ITERA_LITE_FILES
+from iteralite.architectures import ITERA_LITE_FILES, facet
 from iteralite.checkpoint import load_checkpoint
+from iteralite.data import eval_windows, load_tokens
+
+layouts = facet(ITERA_LITE_FILES, "layouts")
+convert = facet(ITERA_LITE_FILES, "convert")
 
 
 def word_vocabulary(train_txt: str, words: int, vocab_size: int) -> dict:
@@ -30,36 +40,51 @@ def word_vocabulary(train_txt: str, words: int, vocab_size: int) -> dict:
             "id_to_token": {str(i): t for i, t in enumerate(tokens)}}
 
 
-def itera_lite_state(model_path: str, rows: int, layout: str, moe_moe: bool):
+def itera_lite_model(model_path: str, rows: int | None = None):
     model, _ = load_checkpoint(model_path)
-    cfg = model.cfg
-    if cfg.architecture != ITERA_LITE_FILES:
-        raise SystemExit(f"{model_path} is a {cfg.architecture} model; the Itera-Lite layouts hold an "
+    if model.cfg.architecture != ITERA_LITE_FILES:
+        raise SystemExit(f"{model_path} is a {model.cfg.architecture} model; the Itera-Lite layouts hold an "
                          f"{ITERA_LITE_FILES} one")
-    generator = torch.Generator().manual_seed(0)
-    table = model.embedding.weight.detach()
-    padding = torch.randn(rows - table.shape[0], table.shape[1], generator=generator) * 0.02
-    with torch.no_grad():
-        model.embedding.weight = torch.nn.Parameter(torch.cat([table, padding]))
-    if layout == "int8":
-        model.lm_head = torch.nn.Linear(cfg.d_model, rows, bias=False)
-        model.lm_head.weight = model.embedding.weight
-        state = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, torch.qint8).state_dict()
-    else:
-        state = dict(model.state_dict())
-        state["lm_head.weight"] = state["embedding.weight"]
-    for i in cfg.moe_layers:
-        state[f"layers.{i}.moe.layer.router.expert_counts"] = torch.full((cfg.experts_in(i),), 1.0 / cfg.top_k)
+    if rows and rows > model.cfg.vocab_size:
+        padding = torch.randn(rows - model.cfg.vocab_size, model.cfg.d_model,
+                              generator=torch.Generator().manual_seed(0)) * 0.02
+        model.embedding.weight = torch.nn.Parameter(torch.cat([model.embedding.weight.detach(), padding]))
+        model.cfg.vocab_size = rows
+    return model.eval()
+
+
+def write_checkpoint(model_path: str, out: str, rows: int, layout: str, moe_moe: bool) -> None:
+    written = layouts.WRITERS[layout](itera_lite_model(model_path, rows))
     if moe_moe:
-        state = {k.replace(".moe.layer.", ".moe.moe."): v for k, v in state.items()}
-    if layout != "dict":
-        return state
-    config = {"vocab_size": rows, "hidden_size": cfg.d_model, "num_layers": cfg.n_layers,
-              "ssm_state_size": cfg.d_state, "ssm_conv_kernel": cfg.d_conv, "ssm_expand_factor": cfg.d_inner //
-              cfg.d_model, "num_experts": cfg.n_experts, "expert_size": cfg.expert_hidden,
-              "top_k_experts": cfg.top_k, "moe_layers": cfg.moe_layers, "load_balance_loss_weight": 0.01,
-              "max_seq_length": cfg.max_seq, "dropout": 0.1, "layer_norm_eps": cfg.norm_eps}
-    return {"model_state_dict": state, "config": config}
+        state = written.blob.get("model_state_dict", written.blob)
+        renamed = {k.replace(".moe.layer.", ".moe.moe."): v for k, v in state.items()}
+        if "model_state_dict" in written.blob:
+            written.blob["model_state_dict"] = renamed
+        else:
+            written.blob = renamed
+    layouts.save(written, out)
+
+
+def fidelity(model_path: str, tokens_path: str, windows: int) -> None:
+    model = itera_lite_model(model_path)
+    ids = eval_windows(load_tokens(tokens_path)[0]["test"], model.cfg.max_seq, windows * (model.cfg.max_seq + 1))
+    ids = ids[:, :-1]
+    print(f"{model_path}, {ids.shape[0]} test windows of {ids.shape[1]} tokens\n")
+    print("| layout | written by | import vs that code: max logit difference / spread | same next token |")
+    print("|---|---|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        for name, writer in layouts.WRITERS.items():
+            written = writer(model)
+            layouts.save(written, Path(tmp) / "file.pt")
+            imported, _ = convert.read_user_checkpoint(Path(tmp) / "file.pt", model.cfg.top_k)
+            if written.forward is None:
+                print(f"| {name} | {written.writer} | (that code cannot run it) | |")
+                continue
+            theirs, ours = written.forward(ids), imported(ids)[0]
+            spread = (theirs.amax(-1) - theirs.amin(-1)).mean()
+            difference = ((ours - theirs).abs().max() / spread).item()
+            agree = (ours.argmax(-1) == theirs.argmax(-1)).float().mean().item()
+            print(f"| {name} | {written.writer} | {difference:.2e} | {agree:.2%} |")
 
 
 def main() -> None:
@@ -74,14 +99,20 @@ def main() -> None:
     ckpt.add_argument("model")
     ckpt.add_argument("out")
     ckpt.add_argument("--rows", type=int, default=2000)
-    ckpt.add_argument("--layout", choices=["dict", "bare", "int8"], default="dict")
+    ckpt.add_argument("--layout", choices=sorted(layouts.WRITERS), default="quality")
     ckpt.add_argument("--moe-moe", action="store_true")
+    fid = sub.add_parser("fidelity")
+    fid.add_argument("model")
+    fid.add_argument("tokens")
+    fid.add_argument("--windows", type=int, default=16)
     args = parser.parse_args()
     if args.what == "tokenizer":
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(word_vocabulary(args.train_txt, args.words, args.vocab_size), f, ensure_ascii=False)
+    elif args.what == "checkpoint":
+        write_checkpoint(args.model, args.out, args.rows, args.layout, args.moe_moe)
     else:
-        torch.save(itera_lite_state(args.model, args.rows, args.layout, args.moe_moe), args.out)
+        fidelity(args.model, args.tokens, args.windows)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,14 @@ def use_checkpoint(model_cfg: ModelConfig, user_checkpoint: str, tokens_path: st
     """A user-supplied baseline, checked against the study's model config and tokenizer, then written as this
     package's checkpoint: one of its own (trained with the study's tokenizer), or one the Itera-Lite code wrote,
     imported (its meta says from which file, its SHA-256, the layout found and what was inferred)."""
-    model, found = facet(ITERA_LITE_FILES, "convert").read_user_checkpoint(user_checkpoint, model_cfg.top_k)
-    if found["format"] == "Itera-Lite":  # the rows the study's tokenizer reaches are the study's to say
+    convert = facet(ITERA_LITE_FILES, "convert")
+    model, found = convert.read_user_checkpoint(user_checkpoint, model_cfg.top_k)
+    if found["format"] == "Itera-Lite":  # the rows the tokenizer reaches and the window are the study's to say
         model.cfg.vocab_reachable = model_cfg.vocab_reachable
+        if model_cfg.max_seq < model.cfg.max_seq:
+            found["window"] = (f"the first {model_cfg.max_seq} of the file's {model.cfg.max_seq} positions "
+                               "(model.max_seq)")
+            convert.with_window(model, model_cfg.max_seq)
     diff = differences(model.cfg, model_cfg)  # as the parse found (iteralite.study); the file may have changed since
     if diff:
         raise CheckpointError(f"model.checkpoint {user_checkpoint} does not match the config's model: {diff}")

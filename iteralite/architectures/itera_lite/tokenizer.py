@@ -21,6 +21,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 MAX_BYTES = 64 * 2**20  # a tokenizer file larger than this is refused before it is parsed
+MAX_ID = 2**20  # ids at or past this are refused before any tokenizer or table is built (the largest is 256k)
 UNKNOWN = "<UNK>"
 
 
@@ -42,6 +43,9 @@ def read_tokenizer(path) -> tuple[Tokenizer, str]:
     except json.JSONDecodeError as err:
         raise TokenizerError(f"tokenizer.path {path} is not JSON ({err.msg} at line {err.lineno})") from None
     if isinstance(data, dict) and {"model", "version"} <= set(data):
+        vocab = data["model"].get("vocab") if isinstance(data["model"], dict) else None
+        if isinstance(vocab, (dict, list)) and len(vocab) > MAX_ID:
+            raise TokenizerError(f"tokenizer.path {path}: {len(vocab)} tokens, more than {MAX_ID}")
         try:
             return Tokenizer.from_str(text), "Hugging Face tokenizer.json"
         except Exception as err:  # tokenizers raises its own Exception type
@@ -61,8 +65,9 @@ def read_tokenizer(path) -> tuple[Tokenizer, str]:
 
 def _vocabulary(mapping, path) -> dict[str, int]:
     if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-                                                and v >= 0 for k, v in mapping.items()):
-        raise TokenizerError(f"tokenizer.path {path}: its vocabulary must map token strings to ids >= 0")
+                                                and 0 <= v < MAX_ID for k, v in mapping.items()):
+        raise TokenizerError(f"tokenizer.path {path}: its vocabulary must map token strings to ids from 0 to "
+                             f"{MAX_ID - 1}")
     if UNKNOWN not in mapping:
         raise TokenizerError(f"tokenizer.path {path}: its vocabulary has no {UNKNOWN} token for unknown words")
     if len(set(mapping.values())) != len(mapping):
