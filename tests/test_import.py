@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from iteralite.architectures.itera_lite.model import Model as IteraLiteModel
 from iteralite.architectures.itera_lite.tokenizer import TokenizerError, read_tokenizer
 from iteralite.artifacts import CheckpointError
 
+DATA = Path(__file__).parent / "data"
 ITERA_CONFIG = {"vocab_size": 90, "hidden_size": 32, "num_layers": 3, "ssm_state_size": 4, "ssm_conv_kernel": 4,
                 "ssm_expand_factor": 2, "num_experts": 3, "expert_size": 16, "top_k_experts": 2, "moe_layers": [1],
                 "load_balance_loss_weight": 0.01, "max_seq_length": 128, "dropout": 0.1, "layer_norm_eps": 1e-5,
@@ -188,6 +190,17 @@ def test_a_4bit_weight_whose_parts_disagree_is_refused_before_it_is_dequantized(
     with pytest.raises(CheckpointError) as err:
         imported(nf4_file(original, change), tmp_path)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_4bit_weights_written_by_bitsandbytes_itself_dequantize_as_bitsandbytes_does(double_quant):
+    """tests/data/bitsandbytes_nf4.pt: Linear4bit layers bitsandbytes quantized and serialised, beside its own
+    dequantization (tools/bitsandbytes_layout.py wrote it)."""
+    written = torch.load(DATA / "bitsandbytes_nf4.pt", weights_only=True)[f"double_quant_{double_quant}"]
+    state = {f"layers.0.ssm.in_proj.{key}": value for key, value in written["state_dict"].items()}
+    weight, kind = convert._four_bit(state, "layers.0.ssm.in_proj.weight", "file.pt")
+    assert kind == "nf4" and weight.shape == (96, 200)
+    torch.testing.assert_close(weight, written["dequantized"], rtol=0, atol=0)
 
 
 def test_a_quantized_linear_without_its_row_scales_is_refused(original, tmp_path):

@@ -4,5 +4,6 @@ plan is written for, and the default study's.
 
 config.py holds its sizes (torch-free), model.py its forward and step modes, groups.py its coupled pruning groups,
 onnx.py its ONNX graphs; convert.py imports a checkpoint the Itera-Lite code wrote, tokenizer.py its tokenizers,
-layouts.py writes that code's files (for trying the import, its tests and its fidelity figures). The rest of the package reaches it through the registry (`iteralite.architectures`).
+layouts.py writes that code's files (for trying the import, its tests and its fidelity figures). The rest of the
+package reaches it through the registry (`iteralite.architectures`).
 """
