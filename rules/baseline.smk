@@ -13,8 +13,7 @@ rule train_baseline:
     threads: 2
     resources:
         runtime=480,
-        # measured peak RSS 1.46 GB (benchmarks/train_baseline.tsv, max_rss, default study), with a margin
-        mem_mb=2000,
+        mem_mb=WINDOW_MEM_MB,
     conda:
         "../envs/iteralite.yaml"
     log:

@@ -20,6 +20,10 @@ BENCHMARKED = study.benchmarked_models(config)
 CRITERIA = config["pruning"]["criteria"]
 SEEDS = config["seeds"]
 SCORES = [f"{criterion}-s{seed}" for criterion in CRITERIA for seed in SEEDS]
+# Memory for the jobs whose activations grow with the window (training, calibration, export, benchmark): 2000 MB at
+# 128 positions and 1000 MB for every 128 more. Peak RSS measured at 128 and 512 positions, 1.0-1.5 and 1.9-3.3 GiB
+# (docs/import.md, "An import at 512 positions"); a profile's set-resources overrides it.
+WINDOW_MEM_MB = 1000 + 1000 * study.model_config(config).max_seq // 128
 
 
 wildcard_constraints:

@@ -17,6 +17,8 @@ rule export:
         # the test perplexity is compared on evaluate.test_tokens, the windows summary.csv's test_ppl uses
         settings=config_slice("export.verify_windows", "evaluate.test_tokens"),
         code=code_of("export"),
+    resources:
+        mem_mb=WINDOW_MEM_MB,
     conda:
         "../envs/iteralite.yaml"
     log:

@@ -21,8 +21,7 @@ rule finetune:
     priority: 10
     resources:
         runtime=480,
-        # measured peak RSS 1.23-1.33 GB (benchmarks/finetune/*.tsv, max_rss, default study), with a margin
-        mem_mb=2000,
+        mem_mb=WINDOW_MEM_MB,
     conda:
         "../envs/iteralite.yaml"
     log:

@@ -15,6 +15,8 @@ rule score_importance:
     # score waited for both cores while the scheduler kept filling single free cores with small jobs.
     threads: 1
     priority: 20
+    resources:
+        mem_mb=WINDOW_MEM_MB,
     conda:
         "../envs/iteralite.yaml"
     log:

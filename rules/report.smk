@@ -23,6 +23,8 @@ rule benchmark:
         settings=config_slice("benchmark", "device"),
         code=code_of("benchmark"),
     threads: 2
+    resources:
+        mem_mb=WINDOW_MEM_MB,
     conda:
         "../envs/iteralite.yaml"
     log:
