@@ -35,7 +35,7 @@ $(VENV)/.installed-$(TORCH): pyproject.toml $(LOCK)
 setup: $(VENV)/.installed-$(TORCH)  ## create .venv and install the locked environment and the package (TORCH=cuda: the GPU build)
 
 lock: setup  ## resolve pyproject.toml afresh: rewrite requirements.lock, requirements-cuda.lock and envs/iteralite.yaml
-	$(PY) tools/lock.py
+	$(PY) tools/lock.py $(ARGS)
 
 run: setup  ## run the default study locally; leaves results/report.html
 	$(SNAKEMAKE) --cores $(CORES) all

@@ -245,6 +245,49 @@ def deployment_findings(table: pd.DataFrame) -> list[str]:
     return out
 
 
+def load_plot(load: pd.DataFrame) -> str:
+    """Throughput of each export's HTTP server against the number of concurrent clients."""
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    sns.lineplot(load, x="clients", y="tokens_per_s", hue="model", marker="o", ax=ax)
+    ax.set(xscale="log", xlabel="concurrent clients (log scale)", ylabel="tokens/s, all clients together")
+    ax.set_xticks(sorted(load["clients"].unique()), [str(c) for c in sorted(load["clients"].unique())])
+    ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return figure_html(fig, "Each export served over HTTP on loopback (python -m iteralite.serve DIR --http PORT) "
+                            "to so many concurrent clients, each streaming completions one after another: the "
+                            "server decodes all of them in one batch per step (continuous batching).")
+
+
+def served_figures(load: pd.DataFrame) -> dict:
+    """Target keys of the serving figures, at the most clients: the baseline's throughput over its one-client
+    throughput, and the fastest compressed export's (pruned, INT4) over the baseline's."""
+    top = load["clients"].max()
+    rate = load.set_index(["model", "clients"])["tokens_per_s"]
+    figures = {}
+    if ("baseline/dense", top) in rate.index:
+        base = rate[("baseline/dense", top)]
+        figures["served_scaling"] = (base / rate[("baseline/dense", load["clients"].min())], "baseline/dense")
+        compressed = load[(load["clients"] == top) & load["model"].str.match(r"(int4-)?(pruned|finetuned)/")]
+        if len(compressed):
+            fastest = compressed.sort_values("tokens_per_s").iloc[-1]
+            figures["served_compressed"] = (fastest["tokens_per_s"] / base, fastest["model"])
+    return figures
+
+
+def load_findings(load: pd.DataFrame) -> list[str]:
+    """A sentence per export: its throughput from the fewest to the most clients, time per token, peak RSS."""
+    out = []
+    for model, rows in load.groupby("model", sort=False):
+        first, last = rows.sort_values("clients").iloc[0], rows.sort_values("clients").iloc[-1]
+        scaling = last["tokens_per_s"] / first["tokens_per_s"]
+        out.append(f"{model}: {first['tokens_per_s']:.0f} tokens/s with {first['clients']} client(s), "
+                   f"{last['tokens_per_s']:.0f} with {last['clients']} ({scaling:.1f}x); time per token p50/p95 "
+                   f"{first['token_p50_ms']:.2f}/{first['token_p95_ms']:.2f} ms with {first['clients']}, "
+                   f"{last['token_p50_ms']:.2f}/{last['token_p95_ms']:.2f} ms with {last['clients']}; the server's "
+                   f"peak RSS {last['server_peak_rss_mb']:.0f} MB; {int(rows['failed'].sum())} of "
+                   f"{int(rows['requests'].sum())} requests failed.")
+    return out
+
+
 def rulegraph_plot(dot: str) -> str:
     """The study's rules in layers from the corpus (top) to the report, an arrow for each dependency."""
     nodes, edges = rulegraph.parse_dot(dot)
@@ -314,12 +357,12 @@ def _best(families: pd.DataFrame, stage: str) -> pd.Series | None:
     return frame.sort_values("test_ppl").iloc[0] if len(frame) else None
 
 
-def targets_vs_measured(families: pd.DataFrame, targets: list[dict]) -> pd.DataFrame:
+def targets_vs_measured(families: pd.DataFrame, targets: list[dict], served: dict | None = None) -> pd.DataFrame:
     """The product's targets (report/targets.yaml) beside this study's best family at each stage (means over its
-    seeds): a ratio to the baseline, or to the dense control."""
+    seeds): a ratio to the baseline, or to the dense control; `served` adds the HTTP server's (served_figures)."""
     base = families[families["family"] == "baseline/dense"].iloc[0]
     control = families[families["family"].str.startswith("finetuned/") & (families["criterion"] == "dense")]
-    measured = {}
+    measured = dict(served or {})
     for key, stage in (("pruned", "finetuned"), ("int4", "int4-finetuned")):
         best = _best(families, stage)
         if best is not None:
@@ -512,7 +555,7 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
     families = family_stats(summary)
     analysis = read_json(inputs["analysis"])
     corpus = read_json(inputs["corpus"])
-    speed, latency = pd.read_csv(inputs["speed"]), pd.read_csv(inputs["latency"])
+    speed, latency, load = (pd.read_csv(inputs[name]) for name in ("speed", "latency", "load"))
     torch_speed = speed[speed["runtime"] == "torch"]
     samples = read_json(inputs["samples"])
     with open(inputs["targets"], encoding="utf-8") as f:
@@ -533,7 +576,7 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
         "<h2>Targets vs measured</h2><p>The product's targets for the default study (report/targets.yaml) beside "
         "the best fine-tuned recipe of this study (lowest mean test perplexity over its seeds, the control left "
         "out).</p>",
-        table_html(targets_vs_measured(families, targets)),
+        table_html(targets_vs_measured(families, targets, served_figures(load))),
         *source_section(analysis.get("source")),
         "<h2>Parameter distribution</h2>", parameter_plot(analysis),
         table_html(display(pd.DataFrame(analysis["by_component"]).assign(
@@ -580,6 +623,12 @@ def build(inputs: dict, config: dict, out_path: str) -> None:
                      deployment_plot(deployed), "".join(f"<p>{html.escape(line)}</p>"
                                                         for line in deployment_findings(deployed)),
                      table_html(display(deployed))]
+    if len(load):
+        sections += ["<h2>Serving under load</h2><p>What compression buys a server: every export behind its HTTP "
+                     "server (docs/deploy.md), driven by concurrent clients on the same machine (results/bench/"
+                     "load.csv). Time per token: between a stream's tokens as a client receives them.</p>",
+                     load_plot(load), "".join(f"<p>{html.escape(line)}</p>" for line in load_findings(load)),
+                     table_html(display(load))]
     sections += ["<h2>Sample generations</h2><p>The same prompts, seed and temperature (0.8) for every model.</p>",
                  samples_html(samples)]
     runtimes = runtime_table(_as_list(inputs.get("job_benchmarks")))

@@ -2,6 +2,7 @@
 
     python -m iteralite.serve results/export/<stage>/<variant> --prompt "It is a truth" --tokens 64
     python -m iteralite.serve results/export/<stage>/<variant> --perplexity book.txt
+    python -m iteralite.serve results/export/<stage>/<variant> --http 8000     (iteralite.httpserve)
 
 An export directory (written by the export rule, iteralite.export) holds model.onnx (a whole sequence -> logits and
 the recurrent state: a prompt is prefilled in one call), step.onnx (one token per row -> logits and the new state),
@@ -93,6 +94,12 @@ class OnnxModel:
             if meta.get("iteralite.format") != FORMAT or meta.get("iteralite.graph") != graph:
                 raise ServeError(f"{GRAPH_FILES[graph]}: not this project's {graph} graph (metadata "
                                  f"{meta.get('iteralite.format')!r}, {meta.get('iteralite.graph')!r})")
+            # the graph names the tokenizer it was exported with: a tokenizer swapped with export.json's hashes
+            # rewritten to match would pass the file checks and serve garbage
+            if meta.get("iteralite.tokenizer_sha256") != manifest["tokenizer_sha256"]:
+                raise ServeError(f"{GRAPH_FILES[graph]}: exported with the tokenizer of SHA-256 "
+                                 f"{str(meta.get('iteralite.tokenizer_sha256'))[:16]}..., but {MANIFEST_FILE} names "
+                                 f"{str(manifest['tokenizer_sha256'])[:16]}...: the tokenizer was replaced")
 
     @classmethod
     def from_bytes(cls, files: dict[str, bytes], manifest: dict, threads: int = 1) -> OnnxModel:
@@ -151,7 +158,7 @@ class OnnxModel:
         logits, state = self.prefill(np.asarray([prompt]))
         rng, out, next_logits = np.random.default_rng(seed), list(prompt), logits[0, -1]
         while len(out) < end:
-            out.append(pick(next_logits, temperature, rng))
+            out.append(int(sample(next_logits[None], [temperature], [rng])[0]))
             if len(out) < end:
                 step_logits, state = self.step([out[-1]], [len(out) - 1], state)
                 next_logits = step_logits[0]
@@ -187,12 +194,17 @@ def cross_entropy_sum(logits: np.ndarray, targets: np.ndarray) -> float:
     return float((log_norm - picked).sum())
 
 
-def pick(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / temperature
-    probs = np.exp(scaled - scaled.max())
-    return int(rng.choice(probs.size, p=probs / probs.sum()))
+def sample(logits: np.ndarray, temperatures, rngs) -> np.ndarray:
+    """One token per row of logits (b, v): the argmax at temperature 0, else a draw from softmax(logits /
+    temperature) by its cumulative sum and one uniform of the row's own generator (so a row's draw depends on its
+    logits and generator alone)."""
+    picks = logits.argmax(-1)
+    for row, (temperature, rng) in enumerate(zip(temperatures, rngs)):
+        if temperature > 0:
+            scaled = logits[row].astype(np.float64) / temperature
+            cdf = np.cumsum(np.exp(scaled - scaled.max()))
+            picks[row] = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), cdf.size - 1)
+    return picks
 
 
 def load_tokenizer(directory: Path, manifest: dict) -> Tokenizer:
@@ -251,16 +263,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--perplexity", type=Path, metavar="FILE", help="score a UTF-8 text file instead")
     parser.add_argument("--max-tokens", type=int, default=100_000, help="tokens of FILE to score")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--http", type=int, metavar="PORT", help="serve over HTTP instead (docs/deploy.md)")
+    parser.add_argument("--host", default="127.0.0.1", help="with --http: the address to listen on")
+    parser.add_argument("--max-active", type=int, default=32, help="with --http: sequences decoded at once")
+    parser.add_argument("--max-queue", type=int, default=64, help="with --http: requests waiting for a slot")
     args = parser.parse_args(argv)
     try:
-        if (args.prompt is None) == (args.perplexity is None):
-            raise ServeError("give either --prompt TEXT or --perplexity FILE")
+        if sum(x is not None for x in (args.prompt, args.perplexity, args.http)) != 1:
+            raise ServeError("give one of --prompt TEXT, --perplexity FILE or --http PORT")
         if args.tokens < 1:
             raise ServeError(f"--tokens: must be at least 1, got {args.tokens}")
         if args.temperature < 0:
             raise ServeError(f"--temperature: must be 0 (greedy) or more, got {args.temperature}")
         if args.threads < 1:
             raise ServeError(f"--threads: must be at least 1, got {args.threads}")
+        if args.http is not None:
+            if args.max_active < 1 or args.max_queue < 0:
+                raise ServeError("--max-active must be at least 1 and --max-queue at least 0")
+            from .httpserve import Limits, run  # the HTTP stack only where it serves
+
+            run(args.export_dir, args.host, args.http, args.threads, Limits(args.max_active, args.max_queue))
+            return 0
         model = OnnxModel.load(args.export_dir, args.threads)
         tokenizer = load_tokenizer(args.export_dir, model.manifest)
         if args.perplexity is not None:

@@ -17,6 +17,7 @@ rule benchmark:
         speed="results/bench/speed.csv",
         latency="results/bench/latency.csv",
         samples="results/bench/samples.json",
+        load="results/bench/load.csv",
     params:
         models=BENCHMARKED,
         exported=EXPORTED,
@@ -62,6 +63,7 @@ rule summary:
         metrics=[metrics_path(m) for m in MODELS],
         exports=[f"{export_dir(m)}/export.json" for m in EXPORTED],
         speed="results/bench/speed.csv",
+        load="results/bench/load.csv",
     output:
         summary=report("results/metrics/summary.csv", category="Results", caption="../report/summary.rst"),
     params:
@@ -89,6 +91,7 @@ rule report:
         speed="results/bench/speed.csv",
         latency="results/bench/latency.csv",
         samples="results/bench/samples.json",
+        load="results/bench/load.csv",
         job_benchmarks=job_benchmarks(),
         rulegraph="results/rulegraph.dot",
     output:

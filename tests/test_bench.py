@@ -35,7 +35,14 @@ def measure_on(device: torch.device, model):
 
 
 class FakeTokenizer:
-    """Ids in, ids out, as text: samples need only encode(...).ids and decode."""
+    """Ids in, ids out, as text: samples need only encode(...).ids, decode and the lookups serve.decode makes (no
+    <UNK>: every id decodes as it is)."""
+
+    def token_to_id(self, token):
+        return None
+
+    def id_to_token(self, i):
+        return str(i)
 
     def encode(self, text):
         return type("Encoding", (), {"ids": [ord(ch) % 50 for ch in text]})

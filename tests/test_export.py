@@ -293,7 +293,7 @@ def test_a_file_that_is_not_this_projects_export_gets_one_line_naming_it(exporte
     (["--prompt", "word1", "--tokens", "0"], "--tokens: must be at least 1, got 0"),
     (["--prompt", "word1", "--temperature", "-0.5"], "--temperature: must be 0 (greedy) or more, got -0.5"),
     (["--prompt", "word1", "--threads", "0"], "--threads: must be at least 1, got 0"),
-    ([], "give either --prompt TEXT or --perplexity FILE"),
+    ([], "give one of --prompt TEXT, --perplexity FILE or --http PORT"),
     (["--perplexity", "/nonexistent.txt"], "--perplexity: file not found: /nonexistent.txt"),
 ])
 def test_a_prompt_or_argument_that_does_not_fit_gets_one_line_naming_it(exported, args, message):

@@ -151,3 +151,21 @@ def test_the_plans_breakdown_stands_beside_the_measured_one_for_the_plans_model(
     assert table.loc["SSM blocks", "plan's params"] == "~400,000" and table.loc["SSM blocks", "params"] == "678,944"
     smaller = analysis.analyze(build_model(Config(vocab_size=100, d_model=16, d_inner=32, max_seq=16)))
     assert "plan's params" not in report.category_table(smaller, plan).columns
+
+
+LOAD = pd.DataFrame([
+    {"model": m, "clients": c, "requests": 4 * c, "failed": 0, "tokens": 128 * c, "seconds": 1.0,
+     "tokens_per_s": rate, "token_p50_ms": 1.0 * c, "token_p95_ms": 2.0 * c, "server_peak_rss_mb": 140.0}
+    for m, c, rate in [("baseline/dense", 1, 500.0), ("baseline/dense", 32, 3000.0),
+                       ("int4-finetuned/taylor-t40-distill-s1", 1, 600.0),
+                       ("int4-finetuned/taylor-t40-distill-s1", 32, 4800.0), ("int4-baseline/dense", 32, 9000.0)]])
+
+
+def test_serving_targets_take_the_baseline_and_the_fastest_pruned_export_at_the_most_clients():
+    figures = report.served_figures(LOAD)
+    assert figures["served_scaling"] == (6.0, "baseline/dense")  # 3000 / 500
+    assert figures["served_compressed"] == (1.6, "int4-finetuned/taylor-t40-distill-s1")  # not the unpruned INT4
+    line = report.load_findings(LOAD)[0]
+    assert line == ("baseline/dense: 500 tokens/s with 1 client(s), 3000 with 32 (6.0x); time per token p50/p95 "
+                    "1.00/2.00 ms with 1, 32.00/64.00 ms with 32; the server's peak RSS 140 MB; 0 of 132 requests "
+                    "failed.")

@@ -85,7 +85,8 @@ def test_summary_has_a_complete_row_per_model(study):
     summary = pd.read_csv(study / "results/metrics/summary.csv")
     assert list(summary.columns) == ["model", "runtime", "stage", "criterion", "target", "method", "seed", "params",
                                      "file_bytes", "test_ppl", "test_tokens", "tokens_per_s", "step_latency_ms",
-                                     "family", "peak_mem_mb", "weight_mem_mb", "serve_rss_mb", "int4_path"]
+                                     "family", "peak_mem_mb", "weight_mem_mb", "serve_rss_mb", "int4_path",
+                                     "served_clients", "served_tokens_per_s", "served_token_p95_ms"]
     readme_row = next(row for row in (ROOT / "README.md").read_text().splitlines() if row.startswith("| `metrics/summ"))
     named = [name for names in re.findall(r"`([^`]+)`", readme_row.split("|")[2]) for name in names.split(", ")]
     assert named == list(summary.columns)  # the README lists them as they are
@@ -94,6 +95,7 @@ def test_summary_has_a_complete_row_per_model(study):
     # one row per model and seed in torch, and one per exported model in ONNX Runtime
     deployed = summary[summary["runtime"] == "onnxruntime"].set_index("model")
     assert sorted(deployed.index) == sorted(EXPORTED) and (deployed["serve_rss_mb"] > 0).all()
+    assert (deployed["served_clients"] == 4).all() and (deployed["served_tokens_per_s"] > 0).all()
     summary = summary[summary["runtime"] == "torch"]
     assert sorted(summary["model"]) == sorted(MODELS)
     by = summary.set_index("model")
@@ -111,6 +113,18 @@ def test_summary_has_a_complete_row_per_model(study):
 
 
 SPEED_COLUMNS = ["tokens_per_s", "step_latency_ms", "peak_mem_mb", "weight_mem_mb", "serve_rss_mb", "int4_path"]
+
+
+def test_every_export_is_served_over_http_to_each_client_count_with_nothing_lost(study):
+    """bench/load.csv: each export's HTTP server, 1 then 4 concurrent clients (config/ci.yaml), 2 streamed
+    completions of 8 tokens each per client: every token arrives, no request fails; the report shows them."""
+    load = pd.read_csv(study / "results/bench/load.csv")
+    assert sorted(zip(load["model"], load["clients"])) == sorted((m, c) for m in EXPORTED for c in (1, 4))
+    assert (load["failed"] == 0).all() and (load["requests"] == 2 * load["clients"]).all()
+    assert (load["tokens"] == 8 * load["requests"]).all() and (load["server_peak_rss_mb"] > 0).all()
+    assert (load["token_p95_ms"] >= load["token_p50_ms"]).all()
+    report = (study / "results/report.html").read_text()
+    assert "<h2>Serving under load</h2>" in report and "served over HTTP: the baseline&#x27;s tokens/s" in report
 
 
 def test_speed_and_memory_are_measured_per_family_and_the_int4_path_named(study):

@@ -8,7 +8,9 @@
 - the pip section of envs/iteralite.yaml: the CPU pins without hashes (which conda's pip step cannot mix with the
   editable install of the package) and without the local build label (+cpu), so the cluster's index picks its build.
 
-The resolution is pip's own (`pip install --dry-run --report`), on this machine's Python and platform, which the
+The versions in the current lock are kept where they still fit (`make lock ARGS=--upgrade`, or
+`python tools/lock.py --upgrade`, moves everything). The resolution is pip's own (`pip install --dry-run --report`),
+on this machine's Python and platform, which the
 locks' headers record and `make setup` checks (tools/check_platform.py): refresh them on the platform you install
 on. The CPU wheel must be reachable: here through pip's configuration, elsewhere with
 `PIP_EXTRA_INDEX_URL=<TORCH_INDEX> make lock`.
@@ -85,8 +87,16 @@ def cuda_pins(cpu: list[Pin]) -> list[Pin]:
     return resolve(["-e", ".", *tools, f"torch==={torch_version}"], same)
 
 
+def current_pins(path: Path) -> list[str]:
+    """The lock's pins as constraints (name==version): a refresh keeps every version it can, as pip-tools and uv do,
+    and only adds or moves what pyproject.toml's change needs; `--upgrade` resolves everything afresh."""
+    if "--upgrade" in sys.argv[1:] or not path.is_file():
+        return []
+    return [line.split(" --hash")[0] for line in path.read_text().splitlines() if line and not line.startswith("#")]
+
+
 def main() -> None:
-    cpu = resolve(["-e", ".[test]"])
+    cpu = resolve(["-e", ".[test]"], current_pins(ROOT / "requirements.lock"))
     torch = next(version for name, version, _ in cpu if name == "torch")
     if not torch.endswith("+cpu"):
         raise SystemExit(f"lock: pip resolved torch {torch}, not the CPU build: give it PyTorch's CPU index "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .. import bench, data, quant, serve
+from .. import bench, data, loadtest, quant, serve
 from ..artifacts import write_csv, write_json
 
 
@@ -16,7 +16,8 @@ def benchmark(model_ids: list[str], paths: list[str], exports: dict[str, str], t
     section; `exports` maps each exported model to its export directory, served by ONNX Runtime on the CPU beside
     its torch model. INT4 models take the fastest matmul path for that device (`auto`); the speed table records
     the path each took. Each exported model's serving process (a fresh one per runtime, generating
-    bench.SERVED_TOKENS tokens) has its peak RSS measured after the timings, so that it does not run beside them."""
+    bench.SERVED_TOKENS tokens) has its peak RSS measured after the timings, so that it does not run beside them;
+    then each export is served over HTTP to `served_clients` concurrent clients in turn (iteralite.loadtest)."""
     threads = settings["threads"]
     torch.set_num_threads(threads)
     models = {m: quant.load_model(p, "auto", device) for m, p in zip(model_ids, paths)}
@@ -37,6 +38,10 @@ def benchmark(model_ids: list[str], paths: list[str], exports: dict[str, str], t
         speed["serve_rss_mb"] = None
     write_csv(out["speed"], speed)
     write_csv(out["latency"], latency)
+    load = [{"model": model_id, **row} for model_id, directory in exports.items()
+            for row in loadtest.measure(directory, settings["served_clients"], settings["served_requests"],
+                                        settings["prompts"], settings["served_tokens"], threads)]
+    write_csv(out["load"], pd.DataFrame(load, columns=loadtest.COLUMNS))
     tokenizer = data.load_tokenizer(tokenizer_path)
     write_json(out["samples"], bench.samples(models, tokenizer, settings["prompts"], settings["sample_tokens"],
                                              device))
