@@ -93,7 +93,7 @@ def test_report_renders_offline_with_every_image(study, tmp_path):
     finally:
         proxy.close()
     n_images = page.count("<img ")
-    assert n_images == 12
+    assert n_images == 13
     assert f"<title>images {n_images}/{n_images}</title>" in dom.stdout, dom.stdout[:300] + dom.stderr[-2000:]
     assert set(proxy.hosts) <= browser_own, f"the report made requests to {set(proxy.hosts) - browser_own}"
     assert shot.returncode == 0 and Path(artifacts / "report.png").stat().st_size > 20_000

@@ -124,7 +124,7 @@ def test_every_export_is_served_over_http_to_each_client_count_with_nothing_lost
     assert (load["tokens"] == 8 * load["requests"]).all() and (load["server_peak_rss_mb"] > 0).all()
     assert (load["token_p95_ms"] >= load["token_p50_ms"]).all()
     report = (study / "results/report.html").read_text()
-    assert "<h2>Serving under load</h2>" in report and "served over HTTP: the baseline&#x27;s tokens/s" in report
+    assert "<h2>Serving under load</h2>" in report and "served over HTTP: the baseline's tokens/s" in report
 
 
 def test_speed_and_memory_are_measured_per_family_and_the_int4_path_named(study):
@@ -163,11 +163,11 @@ def test_baseline_learned(study):
 def test_report_is_self_contained(study):
     page = (study / "results/report.html").read_text()
     # parameters, importance, kept fractions, curves, recovery, frontier, size, throughput, latency, deployment,
-    # rule graph, cost
-    assert page.count("data:image/png;base64,") == 12
+    # serving under load, rule graph, cost
+    assert page.count("data:image/png;base64,") == 13
     for section in ("Findings", "Workflow", "Summary", "Targets vs measured", "Parameter distribution", "Importance",
-                    "Pruning", "Training", "Size and quality", "Speed", "Deployment", "Sample generations",
-                    "Cost per rule", "Study config"):
+                    "Pruning", "Training", "Size and quality", "Speed", "Deployment", "Serving under load",
+                    "Sample generations", "Cost per rule", "Study config"):
         assert f"<h2>{section}</h2>" in page, section
     assert "http://" not in page and "https://" not in page.replace("https://json-schema.org", "")
     assert "(report/targets.yaml)" in page and "<td>at least 10.00x</td>" in page  # the targets, from the repo
