@@ -44,6 +44,13 @@ UNITS = {
     "weight_mem_mb": ("weights in memory (MiB)", lambda v: f"{v:,.2f}"),
     "serve_rss_mb": ("serving process peak RSS (MiB)", lambda v: f"{v:,.0f}"),
     "seed": ("seed", lambda v: f"{v:.0f}"),
+    "served_clients": ("served: clients", lambda v: f"{v:.0f}"),
+    "served_tokens_per_s": ("served: k tokens/s", lambda v: f"{v / 1e3:,.2f}"),
+    "served_token_p95_ms": ("served: p95 ms per token", lambda v: f"{v:,.2f}"),
+    "token_p50_ms": ("p50 ms per token", lambda v: f"{v:,.2f}"),
+    "token_p95_ms": ("p95 ms per token", lambda v: f"{v:,.2f}"),
+    "server_peak_rss_mb": ("server peak RSS (MB)", lambda v: f"{v:,.0f}"),
+    "seconds": ("seconds", lambda v: f"{v:,.2f}"),
 }
 
 
