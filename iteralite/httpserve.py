@@ -241,27 +241,32 @@ def create_app(model: OnnxModel, tokenizer, engine: Engine, model_id: str) -> St
 
         if settings.stream:
             async def chunks():
+                """One server-sent event per token; the events already queued go out in one write (a client that
+                reads slower than the loop decodes gets several at once instead of one send per token)."""
                 generated, sent = [], ""
                 try:
                     while True:
-                        kind, value = await events.get()
-                        if kind == "token":
-                            generated.append(value)
-                            text = completions.new_text(generated, sent, False)
-                        else:
-                            text = completions.new_text(generated, sent, True)
-                        sent += text
-                        if text or kind == "done":
-                            choice = {"text": text, "index": 0, "logprobs": None,
-                                      "finish_reason": value if kind == "done" else None}
-                            chunk = {**identity, "choices": [choice]}
+                        pending, events_out = [await events.get()], []
+                        while not events.empty():
+                            pending.append(events.get_nowait())
+                        for kind, value in pending:
+                            if kind == "token":
+                                generated.append(value)
+                            text = completions.new_text(generated, sent, kind == "done")
+                            sent += text
+                            if text or kind == "done":
+                                choice = {"text": text, "index": 0, "logprobs": None,
+                                          "finish_reason": value if kind == "done" else None}
+                                chunk = {**identity, "choices": [choice]}
+                                if kind == "done":
+                                    chunk["usage"] = usage(generated)
+                                events_out.append(f"data: {json.dumps(chunk)}\n\n")
                             if kind == "done":
-                                chunk["usage"] = usage(generated)
-                            yield f"data: {json.dumps(chunk)}\n\n"
-                        if kind == "done":
-                            metrics.request_seconds.observe(time.perf_counter() - arrived)
-                            yield "data: [DONE]\n\n"
-                            return
+                                metrics.request_seconds.observe(time.perf_counter() - arrived)
+                                yield "".join(events_out) + "data: [DONE]\n\n"
+                                return
+                        if events_out:
+                            yield "".join(events_out)
                 finally:
                     job.cancelled.set()  # the client left mid-stream (or it ended): the slot frees at the next step
 
