@@ -5,7 +5,8 @@ clients that each stream completions one after another. Torch-free.
         --clients 1 8 32
 
 For each export and client count: generated tokens per second over the whole run (all clients), the time between a
-stream's tokens (p50, p95, the first token's from the request's start), failed requests, and the server's peak RSS.
+stream's tokens (p50, p95, the first token's from the request's start), failed requests, the server's peak RSS, and
+(the command line only) the decoding loop's own tokens/s under the same load without HTTP.
 The study's benchmark rule runs it on every exported model (results/bench/load.csv, the report's "Serving under
 load").
 """
@@ -150,6 +151,30 @@ def measure(directory, client_counts: list[int], requests: int, prompts: list[st
     return [{**row, "server_peak_rss_mb": rss} for row in rows]
 
 
+def engine_alone(directory, clients: int, requests: int, prompts: list[str], max_tokens: int,
+                 threads: int = 1) -> float:
+    """Tokens/s of the decoding loop itself (iteralite.batching) under the same load, without HTTP: `clients`
+    requests at a time, `requests` rounds; what the HTTP layer and the clients cost is the difference."""
+    from .batching import Engine, Request
+    from .serve import OnnxModel, load_tokenizer
+
+    model = OnnxModel.load(directory, threads)
+    tokenizer = load_tokenizer(Path(directory), model.manifest)
+    engine, finished = Engine(model, clients, clients).start(), threading.Semaphore(0)
+    started = time.perf_counter()
+    try:
+        for round_ in range(requests):
+            for i in range(clients):
+                prompt = tokenizer.encode(prompts[(i + round_) % len(prompts)]).ids
+                engine.submit(Request(prompt, max_tokens, 0.0, i, lambda token: None,
+                                      lambda reason: finished.release()))
+            for _ in range(clients):
+                finished.acquire()
+        return engine.stats.tokens / (time.perf_counter() - started)
+    finally:
+        engine.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("exports", nargs="+", type=Path)
@@ -161,15 +186,17 @@ def main() -> None:
     prompts = args.prompt or ["It is a truth universally acknowledged", "Emma Woodhouse, handsome, clever",
                               "The morning was fine"]
     print(f"{os.cpu_count()} CPUs; {args.requests} streamed completions of {args.max_tokens} tokens per client\n")
-    print("| export | clients | tokens/s | vs 1 client | token p50 (ms) | p95 (ms) | failed | server peak RSS (MB) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| export | clients | tokens/s | vs 1 client | token p50 (ms) | p95 (ms) | failed | server peak RSS (MB) "
+          "| loop alone, tokens/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for directory in args.exports:
         rows = measure(directory, args.clients, args.requests, prompts, args.max_tokens)
         single = rows[0]["tokens_per_s"]
         for row in rows:
+            alone = engine_alone(directory, row["clients"], args.requests, prompts, args.max_tokens)
             print(f"| {directory} | {row['clients']} | {row['tokens_per_s']:.0f} | {row['tokens_per_s'] / single:.1f}x "
                   f"| {row['token_p50_ms']:.2f} | {row['token_p95_ms']:.2f} | {row['failed']} | "
-                  f"{row['server_peak_rss_mb']:.0f} |")
+                  f"{row['server_peak_rss_mb']:.0f} | {alone:.0f} |")
 
 
 if __name__ == "__main__":
