@@ -2,10 +2,12 @@
 CPU one (an install of the CUDA lock downloads gigabytes, so its content is checked, not installed)."""
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -63,3 +65,21 @@ def test_another_python_or_platform_is_refused_in_one_line(tmp_path):
     assert re.fullmatch(r"make setup: \S+ is Python 3\.\d+, but the lock holds wheels for CPython 2\.7 only "
                         rf"\({re.escape(str(other))}\); name another interpreter with PYTHON=, e\.g\. "
                         r"`make setup PYTHON=python2\.7`\n", run.stderr)
+
+
+# interpreters of 2.7-3.9 (the macOS system Python is 3.9): on PATH (not pyenv's shims, which need PYENV_VERSION), or
+# pyenv's own
+OLD_PYTHONS = sorted({*(path for path in (shutil.which(f"python{v}") for v in ("3.9", "3.8", "2.7"))
+                        if path and "/shims/" not in path),
+                      *map(str, Path.home().glob(".pyenv/versions/[23].[0-9].*/bin/python[23].[0-9]"))})
+
+
+@pytest.mark.skipif(not OLD_PYTHONS, reason="no Python older than 3.11 on this machine to run the check with")
+def test_an_old_interpreter_gets_the_one_line_refusal_not_a_traceback():
+    """macOS's system Python is 3.9: the check must parse and answer under it (no annotations, no f-strings)."""
+    for python in OLD_PYTHONS:
+        run = subprocess.run([python, str(ROOT / "tools/check_platform.py"), str(ROOT / "requirements.lock")],
+                             capture_output=True, text=True)
+        assert run.returncode == 1 and run.stderr.count("\n") == 1, (python, run.stderr)
+        assert re.match(r"make setup: \S+ is Python [23]\.\d+, but the lock holds wheels for CPython 3\.11 only",
+                        run.stderr), run.stderr

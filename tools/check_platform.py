@@ -3,14 +3,15 @@
     python3 tools/check_platform.py requirements.lock
 
 The lock's header names them (`# python: 3.11`, `# platform: linux x86_64`, written by tools/lock.py). Standard
-library only: it runs under the interpreter that would make the venv.
+library only, in a syntax every Python from 2.7 parses (no f-strings, no annotations): it runs under whatever
+interpreter would make the venv, the macOS system Python 3.9 included, and answers each with its one line.
 """
 
 import platform
 import sys
 
 
-def lock_header(path: str) -> dict[str, str]:
+def lock_header(path):
     """The `# key: value` lines at the top of a lock."""
     header = {}
     with open(path) as lock:
@@ -23,27 +24,28 @@ def lock_header(path: str) -> dict[str, str]:
     return header
 
 
-def mismatch(header: dict[str, str], python: str, system: str) -> str | None:
+def mismatch(header, python, system):
     """Why this interpreter (`python`, "3.11") on this platform (`system`, "linux x86_64") cannot install the lock."""
     if "python" not in header or "platform" not in header:
         return "not checked: the lock's header names no `# python:` or `# platform:` (make lock writes both)"
     if python != header["python"]:
-        return f"Python {python}, but the lock holds wheels for CPython {header['python']} only"
+        return "Python {}, but the lock holds wheels for CPython {} only".format(python, header["python"])
     if system != header["platform"]:
-        return f"this platform is {system}, but the lock holds wheels for {header['platform']} only"
+        return "this platform is {}, but the lock holds wheels for {} only".format(system, header["platform"])
     return None
 
 
-def main() -> None:
+def main():
     path = sys.argv[1]
     header = lock_header(path)
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if sys.implementation.name != "cpython":
-        python = f"{sys.implementation.name} {python}"  # the lock's wheels are CPython's
-    why = mismatch(header, python, f"{sys.platform} {platform.machine()}")
+    python = "{}.{}".format(sys.version_info[0], sys.version_info[1])
+    implementation = getattr(sys, "implementation", None)  # Python 2 has none: it is CPython or says so in its version
+    if implementation is not None and implementation.name != "cpython":
+        python = "{} {}".format(implementation.name, python)  # the lock's wheels are CPython's
+    why = mismatch(header, python, "{} {}".format(sys.platform, platform.machine()))
     if why:
-        raise SystemExit(f"make setup: {sys.executable} is {why} ({path}); name another interpreter with "
-                         f"PYTHON=, e.g. `make setup PYTHON=python{header.get('python', '3')}`")
+        raise SystemExit("make setup: {} is {} ({}); name another interpreter with PYTHON=, e.g. "
+                         "`make setup PYTHON=python{}`".format(sys.executable, why, path, header.get("python", "3")))
 
 
 if __name__ == "__main__":
