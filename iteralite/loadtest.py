@@ -20,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -46,25 +47,26 @@ def serving(directory, threads: int = 1, max_active: int = 32, max_queue: int = 
     port = free_port()
     command = [sys.executable, "-m", "iteralite.serve", str(directory), "--http", str(port), "--threads",
                str(threads), "--max-active", str(max_active), "--max-queue", str(max_queue)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not healthy(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"the server of {directory} did not start: {process.communicate()[1].strip()}")
-            time.sleep(0.1)
-        yield port, process.pid
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if process.stderr:
-            process.stderr.close()
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: a server that logs much never blocks on it
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while not healthy(port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    process.wait()
+                    log.seek(0)
+                    raise RuntimeError(f"the server of {directory} did not start: {log.read().strip()[-2000:]}")
+                time.sleep(0.1)
+            yield port, process.pid
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 def healthy(port: int) -> bool:
