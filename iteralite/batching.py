@@ -5,7 +5,7 @@ join and leave a running batch at any step with nothing to re-pack: each waiting
 sequence graph (one call, its own), its state joins the batch, and every step the step graph advances all active
 sequences by one token; a sequence that reaches its length, the window or is cancelled leaves at once and frees its
 slot. One thread runs the loop (ONNX Runtime releases the GIL while it computes); requests come and go from any
-thread. Torch-free, like serve.py.
+thread. Torch-free, and free of serve.py, which it is handed a model of.
 
 Sampling is per sequence with its own generator (`numpy.random.default_rng(seed)`), so a request's tokens depend on
 its prompt and seed only, not on which others share its steps; ONNX Runtime's batched step agrees with a single
@@ -20,14 +20,28 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol
 
 import numpy as np
-
-from .serve import OnnxModel, sample
 
 log = logging.getLogger(__name__)
 # upper bounds of the batch-size histogram /metrics reports
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+class StepModel(Protocol):
+    """What the loop needs of a model: serve.OnnxModel's two graphs, its sizes and its sampling."""
+
+    max_seq: int
+    vocab_size: int
+
+    def prefill(self, ids: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]: ...
+
+    def step(self, ids: np.ndarray, positions: np.ndarray, state: dict) -> tuple[np.ndarray, dict]: ...
+
+    def empty_state(self, batch: int) -> dict[str, np.ndarray]: ...
+
+    def sample(self, logits: np.ndarray, temperatures, rngs) -> np.ndarray: ...
+
 
 class Busy(RuntimeError):
     """Every slot and place in the queue taken (or the engine draining): the caller should come back later."""
@@ -77,7 +91,7 @@ class Engine:
     step's callbacks (every token and end of that step) at once: the HTTP server hands them to its event loop in
     one call per step, not one per token."""
 
-    def __init__(self, model: OnnxModel, max_active: int = 32, max_queue: int = 64,
+    def __init__(self, model: StepModel, max_active: int = 32, max_queue: int = 64,
                  notify: Callable[[list[Callable[[], None]]], None] | None = None):
         self.model, self.max_active, self.max_queue = model, max_active, max_queue
         self.notify = notify or (lambda callbacks: [callback() for callback in callbacks])
@@ -160,7 +174,8 @@ class Engine:
 
     def _step(self, callbacks: list) -> None:
         """A token for every active sequence, then one step graph call for those that go on."""
-        picks = sample(self.logits, [s.request.temperature for s in self.active], [s.rng for s in self.active])
+        picks = self.model.sample(self.logits, [s.request.temperature for s in self.active],
+                                  [s.rng for s in self.active])
         going = []
         for row, (sequence, token) in enumerate(zip(self.active, picks.tolist())):
             request = sequence.request

@@ -4,8 +4,9 @@
 
 Endpoints: `POST /v1/completions` (prompt, max_tokens, temperature, seed, stream as server-sent events), `GET /health`
 and `GET /metrics` (Prometheus' text format). Requests share one decoding loop (iteralite.batching: continuous
-batching over the step graph). The export and its checks are fixed at start (serve.OnnxModel.load, load_tokenizer);
-no request names a file.
+batching over the step graph). The export and its checks are fixed at start: serve.py loads and checks the model
+and tokenizer and hands them here (this module imports nothing of serve.py, whose command line starts it); no
+request names a file.
 
 Limits: at most `max_active` sequences decode at once and `max_queue` wait; past them a request gets 429 with
 Retry-After, and 503 once SIGTERM started the drain (running requests finish, then the process exits). A body over
@@ -19,6 +20,7 @@ import asyncio
 import json
 import secrets
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -28,9 +30,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .batching import BATCH_BUCKETS, Busy, Engine
+from .batching import BATCH_BUCKETS, Busy, Engine, StepModel
 from .batching import Request as Completion
-from .serve import OnnxModel, decode
 
 MAX_BODY_BYTES = 64 << 10
 MAX_TEMPERATURE = 2.0  # OpenAI's range
@@ -161,19 +162,21 @@ class Completions:
     """Text out of the engine's tokens: a running completion's new text, emitted once its bytes are whole (a
     byte-level BPE token may end inside a UTF-8 character, which decodes as U+FFFD until the next one)."""
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, text_of: Callable[[list[int]], str]):
+        self.text_of = text_of
 
     def new_text(self, tokens: list[int], sent: str, final: bool) -> str:
-        text = decode(self.tokenizer, tokens)
+        text = self.text_of(tokens)
         if (text.endswith("\ufffd") and not final) or not text.startswith(sent):
             return ""
         return text[len(sent):]
 
 
-def create_app(model: OnnxModel, tokenizer, engine: Engine, model_id: str) -> Starlette:
-    """The routes over a running engine, whose callbacks the app moves onto its event loop (one hop per step)."""
-    metrics, completions = Metrics(), Completions(tokenizer)
+def create_app(engine: Engine, tokenizer, text_of: Callable[[list[int]], str], model_id: str) -> Starlette:
+    """The routes over a running engine (prompts encoded by `tokenizer`, completions decoded by `text_of`), whose
+    callbacks the app moves onto its event loop (one hop per step)."""
+    metrics, completions = Metrics(), Completions(text_of)
+    max_seq = engine.model.max_seq
 
     @asynccontextmanager
     async def attached(app):
@@ -204,7 +207,7 @@ def create_app(model: OnnxModel, tokenizer, engine: Engine, model_id: str) -> St
     async def complete(request: Request) -> Response:
         arrived = time.perf_counter()
         try:
-            settings = parse(await read_body(request), tokenizer, model.max_seq)
+            settings = parse(await read_body(request), tokenizer, max_seq)
         except OverflowError:
             return error(413, f"body: more than {MAX_BODY_BYTES} bytes")
         except BodyError as err:
@@ -331,17 +334,14 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def run(directory, host: str, port: int, threads: int, limits: Limits) -> None:
-    from .serve import load_tokenizer
-
-    model = OnnxModel.load(directory, threads)
-    tokenizer = load_tokenizer(directory, model.manifest)
+def run(model: StepModel, tokenizer, text_of: Callable[[list[int]], str], model_id: str, host: str, port: int,
+        limits: Limits) -> None:
+    """Serve until SIGTERM or SIGINT, then drain."""
     engine = Engine(model, limits.max_active, limits.max_queue).start()
-    app = create_app(model, tokenizer, engine, model.manifest.get("model", str(directory)))
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=None,
+    config = uvicorn.Config(create_app(engine, tokenizer, text_of, model_id), host=host, port=port,
+                            log_level="warning", timeout_graceful_shutdown=None,
                             limit_concurrency=limits.max_active + limits.max_queue + 16)
     try:
         DrainingServer(config, engine).run()
     finally:
         engine.stop()
-

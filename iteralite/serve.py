@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,19 @@ def read_checked(path: Path, expected_sha256: str, what: str) -> bytes:
     return content
 
 
+def sample(logits: np.ndarray, temperatures, rngs) -> np.ndarray:
+    """One token per row of logits (b, v): the argmax at temperature 0, else a draw from softmax(logits /
+    temperature) by its cumulative sum and one uniform of the row's own generator (so a row's draw depends on its
+    logits and generator alone)."""
+    picks = logits.argmax(-1)
+    for row, (temperature, rng) in enumerate(zip(temperatures, rngs)):
+        if temperature > 0:
+            scaled = logits[row].astype(np.float64) / temperature
+            cdf = np.cumsum(np.exp(scaled - scaled.max()))
+            picks[row] = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), cdf.size - 1)
+    return picks
+
+
 class OnnxModel:
     """The two graphs in ONNX Runtime sessions, with the interface the export declared."""
 
@@ -124,6 +138,8 @@ class OnnxModel:
             entry = manifest["graphs"].get(graph) or {}
             files[name] = read_checked(directory / name, entry.get("sha256", ""), f"{graph} graph")
         return cls.from_bytes(files, manifest, threads)
+
+    sample = staticmethod(sample)  # the sampling of generate, which the HTTP server's decoding loop takes too
 
     def empty_state(self, batch: int) -> dict[str, np.ndarray]:
         return {f"past_{name}": np.zeros([batch, *shape], np.float32) for name, shape in self.state_shapes.items()}
@@ -192,19 +208,6 @@ def cross_entropy_sum(logits: np.ndarray, targets: np.ndarray) -> float:
     log_norm = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
     picked = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return float((log_norm - picked).sum())
-
-
-def sample(logits: np.ndarray, temperatures, rngs) -> np.ndarray:
-    """One token per row of logits (b, v): the argmax at temperature 0, else a draw from softmax(logits /
-    temperature) by its cumulative sum and one uniform of the row's own generator (so a row's draw depends on its
-    logits and generator alone)."""
-    picks = logits.argmax(-1)
-    for row, (temperature, rng) in enumerate(zip(temperatures, rngs)):
-        if temperature > 0:
-            scaled = logits[row].astype(np.float64) / temperature
-            cdf = np.cumsum(np.exp(scaled - scaled.max()))
-            picks[row] = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), cdf.size - 1)
-    return picks
 
 
 def load_tokenizer(directory: Path, manifest: dict) -> Tokenizer:
@@ -277,15 +280,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ServeError(f"--temperature: must be 0 (greedy) or more, got {args.temperature}")
         if args.threads < 1:
             raise ServeError(f"--threads: must be at least 1, got {args.threads}")
-        if args.http is not None:
-            if args.max_active < 1 or args.max_queue < 0:
-                raise ServeError("--max-active must be at least 1 and --max-queue at least 0")
-            from .httpserve import Limits, run  # the HTTP stack only where it serves
-
-            run(args.export_dir, args.host, args.http, args.threads, Limits(args.max_active, args.max_queue))
-            return 0
+        if args.http is not None and (args.max_active < 1 or args.max_queue < 0):
+            raise ServeError("--max-active must be at least 1 and --max-queue at least 0")
         model = OnnxModel.load(args.export_dir, args.threads)
         tokenizer = load_tokenizer(args.export_dir, model.manifest)
+        if args.http is not None:
+            from .httpserve import Limits, run  # the HTTP stack only where it serves
+
+            run(model, tokenizer, partial(decode, tokenizer), model.manifest["model"], args.host, args.http,
+                Limits(args.max_active, args.max_queue))
+            return 0
         if args.perplexity is not None:
             ids = np.asarray(tokenizer.encode(read_text(args.perplexity)).ids, np.int64)
             print(f"perplexity {model.perplexity(ids, args.max_tokens):.4f} over "

@@ -259,6 +259,17 @@ def other_tokenizer(directory: Path) -> None:
     (directory / "export.json").write_text(json.dumps(manifest))
 
 
+def test_a_tokenizer_past_the_models_rows_is_refused_even_where_every_hash_agrees(exported, tmp_path):
+    """The graphs' own record of the tokenizer refuses a swapped one first; the rows check stands behind it."""
+    import shutil
+
+    directory = tmp_path / "copy"
+    shutil.copytree(exported[0], directory)
+    other_tokenizer(directory)
+    with pytest.raises(serve.ServeError, match="tokenizer.json: token ids up to 399, beyond the model's 300 rows"):
+        serve.load_tokenizer(directory, json.loads((directory / "export.json").read_text()))
+
+
 BAD_EXPORTS = {
     "no manifest": (lambda d: (d / "export.json").unlink(), "not an IteraLite export (no export.json"),
     "another ONNX model": (lambda d: (d / "model.onnx").write_bytes(foreign_model()),
@@ -269,7 +280,7 @@ BAD_EXPORTS = {
     "truncated": (lambda d: (d / "step.onnx").write_bytes((d / "step.onnx").read_bytes()[:1000]),
                   "step.onnx: not the step graph this export wrote"),
     "external data": (external_data, "model.onnx: refers to external data; an export is one file per graph"),
-    "another vocabulary": (other_tokenizer, "tokenizer.json: token ids up to 399, beyond the model's 300 rows"),
+    "another vocabulary": (other_tokenizer, "model.onnx: exported with the tokenizer of SHA-256 "),
     "another manifest": (lambda d: (d / "export.json").write_text('{"format": "other"}'),
                          "export.json: expected format 'iteralite-onnx-v1', found 'other'"),
 }

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import pytest
 import torch
@@ -149,7 +150,8 @@ class Slowed:
 def in_process(exported, max_active: int, max_queue: int):
     model = serve.OnnxModel.load(exported)
     engine = Engine(Slowed(model), max_active, max_queue).start()
-    app = httpserve.create_app(model, serve.load_tokenizer(exported, model.manifest), engine, "x")
+    tokenizer = serve.load_tokenizer(exported, model.manifest)
+    app = httpserve.create_app(engine, tokenizer, partial(serve.decode, tokenizer), "x")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=loadtest.free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run)
     thread.start()
