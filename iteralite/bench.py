@@ -186,11 +186,12 @@ def measure(runners: dict, test_tokens: torch.Tensor, batch_size: int, repeats: 
 
 
 SERVED_TOKENS = 64  # tokens a serving process generates while its peak RSS is measured
+MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024  # getrusage's ru_maxrss: bytes on macOS, KiB on Linux
 
 
-# Runs the command and prints its peak RSS in kilobytes. A fresh process's ru_maxrss starts from the memory of the
-# process that forked it (Linux carries the parent's high-water mark through fork and exec), so the command is
-# started from this small interpreter, never from the benchmark's own large process.
+# Runs the command and prints its peak RSS (ru_maxrss: KiB on Linux, bytes on macOS). A fresh process's ru_maxrss
+# starts from the memory of the process that forked it (Linux carries the parent's high-water mark through fork and
+# exec), so the command is started from this small interpreter, never from the benchmark's own large process.
 _PEAK_RSS = """import resource, subprocess, sys
 run = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 if run.returncode:
@@ -204,7 +205,7 @@ def serving_rss_mb(command: list[str]) -> float:
     run = subprocess.run([sys.executable, "-c", _PEAK_RSS, *command], capture_output=True, text=True)
     if run.returncode:
         raise RuntimeError(f"serving process {command} failed: {run.stderr.strip()}")
-    return int(run.stdout) / 1024  # kilobytes on Linux
+    return int(run.stdout) * MAXRSS_BYTES / 2**20
 
 
 def serving_commands(model_path: str, export_dir: str | None, tokenizer_path: str, prompt: str,

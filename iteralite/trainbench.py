@@ -24,7 +24,7 @@ import torch
 
 from .architectures import ARCHITECTURES, facet, study_architecture
 from .architectures.configs import config_class
-from .bench import machine
+from .bench import MAXRSS_BYTES, machine
 from .layers import TrainingPath, count_parameters
 from .study import merged_config
 from .train import TrainConfig, batch_losses, eager_step, pick_device, training_step
@@ -49,7 +49,7 @@ SIZES = {
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * MAXRSS_BYTES / 2**20
 
 
 def applied(paths: list[TrainingPath]) -> dict:
