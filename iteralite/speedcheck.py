@@ -1,9 +1,12 @@
 """`make bench`: speed of the dense model, the default pruned model and their INT4 copies, side by side.
 
 Speed does not depend on the weights' values, so this needs no trained model: it builds the default config,
-plans the default target, prunes with L1 scores, quantizes, and measures every model in one process with fixed
-threads (interleaved repeats, medians). Usage: python -m iteralite.speedcheck [config.yaml ...] [--threads T]
-(config files merge key by key, as Snakemake merges them: `config/config.yaml config/selective_scan.yaml`).
+plans the default target, prunes with random scores (which channels stay does not change the speed), quantizes,
+and measures every model in one process with fixed threads (interleaved repeats, medians).
+
+    python -m iteralite.speedcheck [config.yaml ...] [--threads T]
+
+Config files merge key by key, as Snakemake merges them: `config/config.yaml config/selective_scan.yaml`.
 """
 
 from __future__ import annotations
