@@ -83,3 +83,16 @@ def test_an_old_interpreter_gets_the_one_line_refusal_not_a_traceback():
         assert run.returncode == 1 and run.stderr.count("\n") == 1, (python, run.stderr)
         assert re.match(r"make setup: \S+ is Python [23]\.\d+, but the lock holds wheels for CPython 3\.11 only",
                         run.stderr), run.stderr
+
+
+def test_a_rule_script_finds_the_package_through_its_own_folder_where_it_is_not_installed(tmp_path):
+    """In a conda environment (envs/iteralite.yaml holds the dependencies, not this package) a rule's script imports
+    the package through scripts/iteralite, the link beside it: Snakemake appends a script's folder to its sys.path.
+    Here an interpreter without site-packages, started elsewhere, finds it so, and it is the package itself."""
+    find = ("import importlib.util, sys; sys.path.append(sys.argv[1]); "
+            "print(importlib.util.find_spec('iteralite').origin)")
+    origin = subprocess.run([sys.executable, "-S", "-c", find, str(ROOT / "scripts")], cwd=tmp_path,
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(origin) == ROOT / "scripts/iteralite/__init__.py"
+    assert Path(origin).resolve() == (ROOT / "iteralite/__init__.py").resolve()
+    assert "-e .." not in (ROOT / "envs/iteralite.yaml").read_text()  # resolved from conda's copy of the file

@@ -1,6 +1,7 @@
 """The workflow through profiles/slurm on a real single-node Slurm cluster (tools/slurm-cluster.sh).
 
-Skipped where the cluster cannot be started (not root, no apt, or a Slurm configuration the script did not write).
+Skipped where the cluster cannot be started (not root, no apt, apt unable to install the packages, or a Slurm
+configuration the script did not write).
 The profile is the real one, its `gres: gpu:1` requests included (the cluster declares one GPU generic resource),
 with only the CPUs, memory and time that exceed the CI node scaled down. Snakemake runs through
 tests/snakemake_fast_status.py, which checks the jobs' status every 2 s instead of the plugin's growing back-off.
@@ -34,11 +35,32 @@ def cluster():
         pytest.skip("the local Slurm cluster needs root and apt-get")
     up = subprocess.run(["bash", str(ROOT / "tools/slurm-cluster.sh"), "up"], capture_output=True, text=True,
                         timeout=900)
-    if up.returncode == 3:  # the machine has a Slurm configuration of its own, which the script leaves alone
-        pytest.skip(up.stderr.strip())
+    # 3: the machine has a Slurm configuration of its own, which the script leaves alone; 4: apt cannot install
+    if up.returncode in (3, 4):
+        pytest.skip(up.stderr.strip().splitlines()[-1])
     assert up.returncode == 0, up.stdout + up.stderr
     yield
     subprocess.run(["bash", str(ROOT / "tools/slurm-cluster.sh"), "down"], capture_output=True, timeout=60)
+
+
+def test_the_cluster_script_exits_4_naming_the_packages_when_apt_cannot_install_them(tmp_path):
+    """Without network apt-get fails; the script says which packages it could not install and exits 4, which the
+    cluster fixture turns into a skip with that line (an `apt-get update` traceback failed the tests before)."""
+    if os.geteuid() != 0:
+        pytest.skip("the script runs as root only")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool, code in (("dpkg", 1), ("apt-get", 100)):  # nothing installed; apt cannot reach its mirror
+        (fake / tool).write_text(f"#!/bin/sh\nexit {code}\n")
+        (fake / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SLURM_LOCAL_STATE": str(tmp_path / "state")}
+    up = subprocess.run(["bash", str(ROOT / "tools/slurm-cluster.sh"), "up"], capture_output=True, text=True,
+                        env=env, timeout=60)
+    if up.returncode == 3:
+        pytest.skip(up.stderr.strip())  # this machine's own Slurm configuration: the script stops before apt
+    assert up.returncode == 4, up.stdout + up.stderr
+    assert up.stderr.strip().splitlines()[-1] == ("[slurm-cluster] cannot install slurmctld slurmd slurm-client "
+                                                  "slurmdbd munge mariadb-server: apt-get update failed")
 
 
 def ci_profile(dest: Path, finetune_minutes: int | str = 30, retries: int | None = None) -> Path:

@@ -5,8 +5,8 @@
   into the lock's header, where the Makefile reads it);
 - requirements-cuda.lock (`make setup TORCH=cuda`): the same pins, but torch's CUDA build from PyPI with the NVIDIA
   libraries and the Triton it requires, and without the test extra's Triton (the interpreter's, for CPU tests);
-- the pip section of envs/iteralite.yaml: the CPU pins without hashes (which conda's pip step cannot mix with the
-  editable install of the package) and without the local build label (+cpu), so the cluster's index picks its build.
+- the pip section of envs/iteralite.yaml: the CPU pins without hashes and without the local build label (+cpu),
+  so the cluster's index picks its build.
 
 The versions in the current lock are kept where they still fit (`make lock ARGS=--upgrade`, or
 `python tools/lock.py --upgrade`, moves everything). The resolution is pip's own (`pip install --dry-run --report`),
@@ -30,7 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 CONDA_HEADER = """# For `snakemake --software-deployment-method conda`: the pins of requirements.lock
 # (`make lock` writes both; torch without its local build label, so the cluster's index picks its build).
-# The default `make run` uses a venv instead; this file is for clusters where conda is the norm.
+# The default `make run` uses a venv instead; this file is for clusters where conda is the norm. The package
+# itself is not installed here: a rule's script imports it through scripts/iteralite, a link to the package
+# beside the scripts (Snakemake puts a script's folder on its sys.path).
 channels:
   - conda-forge
 dependencies:
@@ -108,7 +110,7 @@ def main() -> None:
     # triton is left to torch: a CUDA build of torch pins the Triton it was built with (the lock's is for the
     # interpreter tests on CPU)
     public = [(name, version.split("+")[0]) for name, version, _ in cpu if name != "triton"]
-    conda = CONDA_HEADER + "".join(f"      - {name}=={version}\n" for name, version in public) + "      - -e ..\n"
+    conda = CONDA_HEADER + "".join(f"      - {name}=={version}\n" for name, version in public)
     (ROOT / "envs" / "iteralite.yaml").write_text(conda)
     print(f"requirements.lock: {len(cpu)} packages, requirements-cuda.lock: {len(cuda)}, envs/iteralite.yaml")
 

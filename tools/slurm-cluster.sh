@@ -23,8 +23,10 @@ install() {
   for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if ((${#missing[@]})); then
     log "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # exit 4 when the packages cannot be had (no network, no Debian mirror): the tests skip with this reason
+    apt-get update -qq || { log "cannot install ${missing[*]}: apt-get update failed"; exit 4; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+      || { log "cannot install ${missing[*]}: apt-get install failed"; exit 4; }
   fi
 }
 
