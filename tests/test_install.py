@@ -96,3 +96,15 @@ def test_a_rule_script_finds_the_package_through_its_own_folder_where_it_is_not_
     assert Path(origin) == ROOT / "scripts/iteralite/__init__.py"
     assert Path(origin).resolve() == (ROOT / "iteralite/__init__.py").resolve()
     assert "-e .." not in (ROOT / "envs/iteralite.yaml").read_text()  # resolved from conda's copy of the file
+
+
+def test_an_interpreter_without_ensurepip_is_told_which_package_makes_venvs(tmp_path):
+    """Debian's and Ubuntu's python3.11 comes without ensurepip (python3.11-venv): `python3 -m venv` would fail
+    after the check; the check says so first, in one line."""
+    block = ("import runpy, sys; sys.modules['ensurepip'] = None; sys.argv = sys.argv[1:]; "
+             "runpy.run_path(sys.argv[0], run_name='__main__')")
+    run = subprocess.run([sys.executable, "-c", block, str(ROOT / "tools/check_platform.py"),
+                          str(ROOT / "requirements.lock")], capture_output=True, text=True)
+    assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr == (f"make setup: {sys.executable} cannot make a venv (it has no ensurepip module): install "
+                          "your system's venv package, e.g. `apt install python3.11-venv` on Debian and Ubuntu\n")

@@ -1,4 +1,5 @@
-"""`make setup`'s first step: refuse, in one line, an interpreter or platform the lock holds no wheels for.
+"""`make setup`'s first step: refuse, in one line, an interpreter or platform the lock holds no wheels for, or an
+interpreter that cannot make a venv.
 
     python3 tools/check_platform.py requirements.lock
 
@@ -35,6 +36,15 @@ def mismatch(header, python, system):
     return None
 
 
+def can_make_venvs():
+    """Whether `python -m venv` can install pip: Debian and Ubuntu ship ensurepip apart from the interpreter."""
+    try:
+        import ensurepip  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main():
     path = sys.argv[1]
     header = lock_header(path)
@@ -46,6 +56,10 @@ def main():
     if why:
         raise SystemExit("make setup: {} is {} ({}); name another interpreter with PYTHON=, e.g. "
                          "`make setup PYTHON=python{}`".format(sys.executable, why, path, header.get("python", "3")))
+    if not can_make_venvs():
+        raise SystemExit("make setup: {} cannot make a venv (it has no ensurepip module): install your system's "
+                         "venv package, e.g. `apt install python{}-venv` on Debian and Ubuntu".format(sys.executable,
+                                                                                                python))
 
 
 if __name__ == "__main__":
