@@ -63,8 +63,14 @@ def test_another_python_or_platform_is_refused_in_one_line(tmp_path):
                          text=True)
     assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
     assert re.fullmatch(r"make setup: \S+ is Python 3\.\d+, but the lock holds wheels for CPython 2\.7 only "
-                        rf"\({re.escape(str(other))}\); name another interpreter with PYTHON=, e\.g\. "
+                        rf"\({re.escape(str(other))}\); install CPython 2\.7 and name it: "
                         r"`make setup PYTHON=python2\.7`\n", run.stderr)
+    other.write_text("# python: 3.11\n# platform: darwin arm64\nsix==1.0 --hash=sha256:" + "0" * 64 + "\n")
+    run = subprocess.run([sys.executable, str(ROOT / "tools/check_platform.py"), str(other)], capture_output=True,
+                         text=True)
+    assert run.returncode == 1 and run.stderr.endswith(  # another Python cannot help here
+        'the lock holds wheels for darwin arm64 only (' + str(other) + '); no interpreter here can install it: '
+        'docs/install.md, "Other Pythons and platforms"\n'), run.stderr
 
 
 # interpreters of 2.7-3.9 (the macOS system Python is 3.9): on PATH (not pyenv's shims, which need PYENV_VERSION), or

@@ -36,6 +36,13 @@ def mismatch(header, python, system):
     return None
 
 
+def advice(header, why):
+    """What to install, for the mismatch `why`: another interpreter helps only on the lock's platform."""
+    if why.startswith("this platform"):
+        return 'no interpreter here can install it: docs/install.md, "Other Pythons and platforms"'
+    return "install CPython {0} and name it: `make setup PYTHON=python{0}`".format(header.get("python", "3"))
+
+
 def can_make_venvs():
     """Whether `python -m venv` can install pip: Debian and Ubuntu ship ensurepip apart from the interpreter."""
     try:
@@ -54,8 +61,7 @@ def main():
         python = "{} {}".format(implementation.name, python)  # the lock's wheels are CPython's
     why = mismatch(header, python, "{} {}".format(sys.platform, platform.machine()))
     if why:
-        raise SystemExit("make setup: {} is {} ({}); name another interpreter with PYTHON=, e.g. "
-                         "`make setup PYTHON=python{}`".format(sys.executable, why, path, header.get("python", "3")))
+        raise SystemExit("make setup: {} is {} ({}); {}".format(sys.executable, why, path, advice(header, why)))
     if not can_make_venvs():
         raise SystemExit("make setup: {} cannot make a venv (it has no ensurepip module): install your system's "
                          "venv package, e.g. `apt install python{}-venv` on Debian and Ubuntu".format(sys.executable,
