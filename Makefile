@@ -40,8 +40,12 @@ lock: setup  ## resolve pyproject.toml afresh: rewrite requirements.lock, requir
 run: setup  ## run the default study locally; leaves results/report.html
 	$(SNAKEMAKE) --cores $(CORES) all
 
+# Two pytest-xdist workers: the Slurm tests, which mostly wait on the scheduler, beside the rest (tests/conftest.py
+# says how the tests are grouped between them).
+TEST_WORKERS ?= 2
+
 test: setup  ## the whole test suite (unit, workflow, Slurm where the local cluster can be started)
-	$(PY) -m pytest -q --durations=10 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 lint: setup  ## ruff and snakemake --lint
 	$(VENV)/bin/ruff check .

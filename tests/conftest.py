@@ -1,7 +1,10 @@
+import fcntl
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from functools import cache
 from pathlib import Path
@@ -51,7 +54,11 @@ for threads in (1, 2):
 
 @cache
 def compile_kernels() -> None:
-    subprocess.run([sys.executable, "-c", COMPILE_KERNELS], cwd=ROOT, check=True, env=project_env(ROOT))
+    """Once per test process; under pytest-xdist the workers take turns (a lock file), so the second loads what the
+    first compiled instead of compiling it beside it."""
+    with open(Path(tempfile.gettempdir()) / "iteralite-test-kernels.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run([sys.executable, "-c", COMPILE_KERNELS], cwd=ROOT, check=True, env=project_env(ROOT))
 
 
 def copy_project(dest: Path) -> Path:
@@ -96,3 +103,37 @@ def study(tmp_path_factory):
     snakemake(workdir, "all", "--cores", "2", "--configfile", "config/ci.yaml", env=env)
     print(f"tiny study: {time.perf_counter() - start:.0f} s")
     return workdir
+
+
+# `make test` runs the tests in two pytest-xdist workers, each group of tests whole in one worker: the Slurm tests in
+# one (they share the cluster and mostly wait on it), the modules of the tiny study in one (they share it, and some
+# edit its files in turn), every other module in one of its own (its module fixtures made once). The two long groups
+# go first, one to each worker; the other modules fill in after them. (pytest-xdist's own `--dist loadgroup` cannot
+# group here: with pytest 9.2 the test ids it would rewrite are no longer the ones pytest reports.)
+SLURM_MODULES = ("test_slurm.py",)
+STUDY_MODULES = ("test_portable.py", "test_report_browser.py", "test_workflow.py")
+
+
+def test_group(module: str) -> str:
+    return "slurm" if module in SLURM_MODULES else "study" if module in STUDY_MODULES else module
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:  # a test of the study or of the cluster elsewhere would run beside the group that edits it
+        assert item.path.name in STUDY_MODULES or "study" not in item.fixturenames, item.nodeid
+        assert item.path.name in SLURM_MODULES or "cluster" not in item.fixturenames, item.nodeid
+    items.sort(key=lambda item: test_group(item.path.name) not in ("slurm", "study"))  # stable: groups keep order
+
+
+if importlib.util.find_spec("xdist"):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        """Whole groups to a worker, in the order collected."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return test_group(Path(nodeid.split("::", 1)[0]).name)
+
+    def pytest_xdist_make_scheduler(config, log):
+        config.option.loadscopereorder = False  # not the most tests first: the order collected, long groups first
+        return GroupScheduling(config, log)

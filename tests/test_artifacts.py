@@ -137,8 +137,10 @@ def test_a_job_that_holds_a_gpu_and_sees_none_fails_instead_of_running_on_the_cp
         assert holds_gpu(ResourceList(fromdict={"slurm_extra": extra})), extra
     for extra in ("--qos=gpu_long", "--constraint=gpu", "--account=gpulab"):
         assert not holds_gpu(ResourceList(fromdict={"slurm_extra": extra})), extra
+    cause = (r"torch .+ is a CPU build: make setup TORCH=cuda" if torch.version.cuda is None  # what to do, per build
+             else r"this torch build has CUDA: check the driver with nvidia-smi")
     with pytest.raises(RuntimeError, match=r"^device: auto in a job that holds a GPU, but no CUDA device is visible "
-                                           r"on host .+torch .+ is a CPU build: make setup TORCH=cuda"):
+                                           r"on host .+" + cause):
         pick_device("auto", holds_gpu(slurm_training))
     assert pick_device("cpu", holds_gpu=True).type == "cpu"  # asked for in so many words
     assert pick_device("auto", holds_gpu=False).type == "cpu"

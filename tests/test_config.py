@@ -26,7 +26,14 @@ def with_change(path: str, value):
     return config
 
 
-DELETE = object()
+class Delete:
+    """The key removed instead of given a value (its repr names it in the test ids, the same in every process)."""
+
+    def __repr__(self):
+        return "deleted"
+
+
+DELETE = Delete()
 
 # (dotted key, bad value, the start of the error): every refusal begins with the dotted key it names
 BAD = [

@@ -1,6 +1,7 @@
 """`make setup` from the locks: the interpreter check, where torch comes from, and the CUDA lock's agreement with the
 CPU one (an install of the CUDA lock downloads gigabytes, so its content is checked, not installed)."""
 
+import platform
 import re
 import shutil
 import subprocess
@@ -65,7 +66,8 @@ def test_another_python_or_platform_is_refused_in_one_line(tmp_path):
     assert re.fullmatch(r"make setup: \S+ is Python 3\.\d+, but the lock holds wheels for CPython 2\.7 only "
                         rf"\({re.escape(str(other))}\); install CPython 2\.7 and name it: "
                         r"`make setup PYTHON=python2\.7`\n", run.stderr)
-    other.write_text("# python: 3.11\n# platform: darwin arm64\nsix==1.0 --hash=sha256:" + "0" * 64 + "\n")
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"  # this interpreter's, so the platform is what differs
+    other.write_text(f"# python: {python}\n# platform: darwin arm64\nsix==1.0 --hash=sha256:" + "0" * 64 + "\n")
     run = subprocess.run([sys.executable, str(ROOT / "tools/check_platform.py"), str(other)], capture_output=True,
                          text=True)
     assert run.returncode == 1 and run.stderr.endswith(  # another Python cannot help here
@@ -109,8 +111,11 @@ def test_an_interpreter_without_ensurepip_is_told_which_package_makes_venvs(tmp_
     after the check; the check says so first, in one line."""
     block = ("import runpy, sys; sys.modules['ensurepip'] = None; sys.argv = sys.argv[1:]; "
              "runpy.run_path(sys.argv[0], run_name='__main__')")
-    run = subprocess.run([sys.executable, "-c", block, str(ROOT / "tools/check_platform.py"),
-                          str(ROOT / "requirements.lock")], capture_output=True, text=True)
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    lock = tmp_path / "this.lock"  # a lock for this interpreter and platform: only the venv module is missing
+    lock.write_text(f"# python: {python}\n# platform: {sys.platform} {platform.machine()}\n")
+    run = subprocess.run([sys.executable, "-c", block, str(ROOT / "tools/check_platform.py"), str(lock)],
+                         capture_output=True, text=True)
     assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
     assert run.stderr == (f"make setup: {sys.executable} cannot make a venv (it has no ensurepip module): install "
-                          "your system's venv package, e.g. `apt install python3.11-venv` on Debian and Ubuntu\n")
+                          f"your system's venv package, e.g. `apt install python{python}-venv` on Debian and Ubuntu\n")

@@ -29,8 +29,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 @pytest.fixture(scope="session")
 def cluster():
-    """Up until the session ends: with Slurm's tools installed and no controller answering, every later Snakemake
-    start waits about 10 s (the Slurm plugin asks `scontrol show config` when Snakemake loads it)."""
+    """Started once and left up after the tests (`make slurm-down` stops it): with Slurm's tools installed and no
+    controller answering, every later Snakemake start waits about 10 s (the Slurm plugin asks `scontrol show config`
+    when Snakemake loads it), and the other test worker still starts Snakemake when this one is done."""
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip("the local Slurm cluster needs root and apt-get")
     up = subprocess.run(["bash", str(ROOT / "tools/slurm-cluster.sh"), "up"], capture_output=True, text=True,
@@ -39,8 +40,6 @@ def cluster():
     if up.returncode in (3, 4):
         pytest.skip(up.stderr.strip().splitlines()[-1])
     assert up.returncode == 0, up.stdout + up.stderr
-    yield
-    subprocess.run(["bash", str(ROOT / "tools/slurm-cluster.sh"), "down"], capture_output=True, timeout=60)
 
 
 def test_the_cluster_script_exits_4_naming_the_packages_when_apt_cannot_install_them(tmp_path):
@@ -75,8 +74,10 @@ def ci_profile(dest: Path, finetune_minutes: int | str = 30, retries: int | None
     for rule in training:
         assert profile["set-resources"][rule]["gres"] == "gpu:1", rule  # kept: the gres must reach the training jobs
         minutes = finetune_minutes if rule == "finetune" else 30
-        profile["set-resources"][rule].update({"cpus_per_task": 2, "mem_mb": 3000, "runtime": minutes})
-        profile["set-threads"][rule] = 2
+        # one thread: the node's two CPUs are shared with the other test worker, and torch's threads wait on each
+        # other for a CPU that process holds (a step took up to 45 times as long as alone here)
+        profile["set-resources"][rule].update({"cpus_per_task": 1, "mem_mb": 3000, "runtime": minutes})
+        profile["set-threads"][rule] = 1
     dest.mkdir(parents=True)
     (dest / "config.yaml").write_text(yaml.safe_dump(profile))
     return dest
@@ -151,15 +152,29 @@ class AttemptLogs(threading.Thread):
 # jobs instead of 51.
 ONE_OF_EACH = {"seeds": [1], "pruning": {"criteria": ["l1"]}, "finetune": {"methods": ["distill"]},
                "quantize": {"models": ["baseline/dense"]}}
+CONFIGS = ["--configfile", "config/ci.yaml", "config/one_of_each.yaml"]
+CONTROL = "results/models/finetuned/dense-s1"
 
 
-def test_a_study_on_slurm(cluster, tmp_path):
+@pytest.fixture(scope="module")
+def study_on_slurm(cluster, tmp_path_factory):
+    """The study above through the real profile, run once: (its folder, one sacct row per submission). The tests
+    after the first start from copies of it, so that on Slurm only the jobs a test changes run."""
+    root = tmp_path_factory.mktemp("slurm")
+    workdir = copy_project(root / "study")
+    (workdir / "config/one_of_each.yaml").write_text(yaml.safe_dump(ONE_OF_EACH))
+    return workdir, run_on_slurm(workdir, ci_profile(root / "profile"), "all", *CONFIGS)
+
+
+def copy_of_study(study: Path, dest: Path) -> Path:
+    shutil.copytree(study, dest, symlinks=True)
+    return dest
+
+
+def test_a_study_on_slurm(study_on_slurm):
     """The real profile's routing and grouping: the training jobs on the GPU partition with the GPU resource, the
     CPU jobs in three group jobs and the benchmark, the local rules on the submitting host: 7 submissions."""
-    workdir = copy_project(tmp_path / "study")
-    (workdir / "config/one_of_each.yaml").write_text(yaml.safe_dump(ONE_OF_EACH))
-    rows = run_on_slurm(workdir, ci_profile(tmp_path / "profile"), "all", "--configfile", "config/ci.yaml",
-                        "config/one_of_each.yaml")
+    workdir, rows = study_on_slurm
     assert (workdir / "results/report.html").is_file() and (workdir / "results/rulegraph.dot").is_file()
     assert all(row["State"] == "COMPLETED" for row in rows), rows
     # every submission (two with the same comment would be two rows here), its partition and its generic resources
@@ -175,71 +190,63 @@ def test_a_study_on_slurm(cluster, tmp_path):
     ]), submissions
 
 
-def test_a_training_job_that_holds_a_gpu_it_cannot_see_fails_at_its_start(cluster, study, tmp_path):
-    """`device: auto` in a job that was granted the profile's gres gpu:1 and sees no CUDA device (this node's GPU is
-    a generic resource with nothing behind it, the venv's torch a CPU build) fails at once, in one line, instead of
-    training on the CPU while the GPU idles."""
-    workdir = copy_of_study(study, tmp_path / "study")
-    run = subprocess.run(["timeout", "-k", "10", "600", sys.executable, str(ROOT / "tests/snakemake_fast_status.py"),
-                          "--profile", str(ci_profile(tmp_path / "profile")), "--retries", "0",
-                          "results/models/baseline/dense/model.pt", "--configfile", "config/ci.yaml",
-                          "--config", "device=auto"], cwd=workdir, capture_output=True, text=True,
-                         env=project_env(workdir))
-    assert run.returncode != 0, run.stdout[-3000:]
-    log = (workdir / "logs/train_baseline.log").read_text()
-    failure = [line for line in log.splitlines() if " ERROR " in line]
-    assert failure and re.search(r"failed: RuntimeError: device: auto in a job that holds a GPU, but no CUDA device "
-                                 r"is visible on host \S+ \(CUDA_VISIBLE_DEVICES=\S+, torch \S+ is a CPU build: "
-                                 r"make setup TORCH=cuda", failure[0]), log[-3000:]
-    assert "step 1/" not in log  # it trained nothing
+# The control fine-tune of the study, made long by a wall-clock budget instead of a step count, so that it costs the
+# same time on any machine: 105 s of training (`max_minutes`, counted across a resume), past its one-minute time
+# limit. slurmctld enforces limits in a periodic check, so the first attempt ends some time after the minute (80 s
+# after its start here), always before the budget; the retry trains what is left of it. Only the signal can save
+# its state (no periodic state before the end), so a retry can only resume what SIGTERM saved.
+LONG_FINETUNE = {"finetune": {"max_minutes": 1.75, "max_steps": 10**6, "max_epochs": 10**4, "eval_every": 10**6,
+                              "checkpoint_every": 10**6, "early_stopping_patience": None}}
 
 
-# The control fine-tune of the tiny study, made long: 5400 steps of about 20 ms here, past its one-minute time limit
-# with a margin for faster machines: slurmctld enforces limits in a periodic check, so the first attempt ends some
-# time after the minute (it stopped at step 3493 here, 70 s of steps). Only the signal can save its state (no
-# periodic state before the end), so a retry can only resume what SIGTERM saved.
-LONG_STEPS = 5400
-LONG_FINETUNE = {"seeds": [1], "finetune": {"max_steps": LONG_STEPS, "max_epochs": 1000, "eval_every": 1350,
-                                            "checkpoint_every": LONG_STEPS, "early_stopping_patience": None}}
-CONTROL = "results/models/finetuned/dense-s1"
-
-
-def copy_of_study(study: Path, dest: Path) -> Path:
-    """The local tiny study, up to date: on Slurm only the jobs a test changes run (not the corpus, the tokenizer
-    and the baseline again)."""
-    shutil.copytree(study, dest, symlinks=True)
-    return dest
-
-
-def test_a_fine_tune_past_its_time_limit_resumes_where_it_stopped(cluster, study, tmp_path):
+def test_a_fine_tune_past_its_time_limit_resumes_where_it_stopped(study_on_slurm, tmp_path):
     """Slurm stops the fine-tune at its limit (runtime: 1 minute on the first attempt) with SIGTERM; the loop saves
     its state at the step it is on, the job ends TIMEOUT, Snakemake's retry resumes from that very step and completes
-    the curve. (That a resumed run ends as an uninterrupted one, bit for bit, is asserted after a preemption below
-    and after either signal in test_train.py and test_provenance.py: a 5400-step reference run here would cost two
-    minutes more.)"""
-    workdir = copy_of_study(study, tmp_path / "study")
+    the curve, every step once. (That a resumed run ends as an uninterrupted one, bit for bit, is asserted after a
+    preemption below and after either signal in test_train.py and test_provenance.py.)"""
+    workdir = copy_of_study(study_on_slurm[0], tmp_path / "study")
     (workdir / "config/long_finetune.yaml").write_text(yaml.safe_dump(LONG_FINETUNE))
     # the retry gets time to finish: the resources of a retry are evaluated again, with `attempt` in scope
     profile = ci_profile(tmp_path / "profile", finetune_minutes="1 if attempt == 1 else 30", retries=1)
     log = workdir / "logs/finetune/dense-s1.log"
-    log.unlink()  # the local study's run of this fine-tune: only the attempts on Slurm are read
+    log.unlink()  # the study's own run of this fine-tune: only the attempts of this test are read
     with AttemptLogs(log) as logs:
-        rows = run_on_slurm(workdir, profile, f"{CONTROL}/model.pt", "--configfile", "config/ci.yaml",
-                            "config/long_finetune.yaml")
+        rows = run_on_slurm(workdir, profile, f"{CONTROL}/model.pt", *CONFIGS, "config/long_finetune.yaml")
     assert states(rows, "rule_finetune") == ["TIMEOUT", "COMPLETED"], rows
     assert len(logs.attempts) == 2, [attempt[-500:] for attempt in logs.attempts]
     first, retry = logs.attempts
     stopped = re.search(r"SIGTERM at step (\d+): state saved to (\S+);", first)
-    assert stopped and 0 < int(stopped.group(1)) < LONG_STEPS, first[-2000:]  # the signal's save, not the end
     resumed = re.search(r"resumed from (\S+) at step (\d+)", retry)
-    assert resumed and resumed.groups() == stopped.groups()[::-1], (stopped.groups(), retry[-2000:])
-    assert pd.read_csv(workdir / CONTROL / "curve.csv")["step"].tolist() == list(range(1, LONG_STEPS + 1))
+    assert stopped and resumed and resumed.groups() == stopped.groups()[::-1], (first[-2000:], retry[-2000:])
+    assert "wall-clock cap of 1.75 minutes reached" in retry  # the budget ended it, in the retry
+    steps = pd.read_csv(workdir / CONTROL / "curve.csv")["step"].tolist()
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > int(stopped.group(1)), (steps[-3:], stopped)
+
+
+def test_a_training_job_that_holds_a_gpu_it_cannot_see_fails_at_its_start(study_on_slurm, tmp_path):
+    """`device: auto` in a job that was granted the profile's gres gpu:1 and sees no CUDA device (this node's GPU is
+    a generic resource with nothing behind it, the venv's torch a CPU build) fails at once, in one line, instead of
+    training on the CPU while the GPU idles."""
+    workdir = copy_of_study(study_on_slurm[0], tmp_path / "study")
+    run = subprocess.run(["timeout", "-k", "10", "600", sys.executable, str(ROOT / "tests/snakemake_fast_status.py"),
+                          "--profile", str(ci_profile(tmp_path / "profile")), "--retries", "0",
+                          "results/models/baseline/dense/model.pt", *CONFIGS, "--config", "device=auto"],
+                         cwd=workdir, capture_output=True, text=True, env=project_env(workdir))
+    assert run.returncode != 0, run.stdout[-3000:]
+    log = (workdir / "logs/train_baseline.log").read_text()
+    failure = [line for line in log.splitlines() if " ERROR " in line]
+    cause = (r"torch \S+ is a CPU build: make setup TORCH=cuda" if torch.version.cuda is None  # what to do, per build
+             else r"this torch build has CUDA: check the driver with nvidia-smi")
+    refusal = (r"failed: RuntimeError: device: auto in a job that holds a GPU, but no CUDA device is visible on host "
+               r"\S+ \(CUDA_VISIBLE_DEVICES=\S+, " + cause)
+    assert failure and re.search(refusal, failure[0]), log[-3000:]
+    assert "step 1/" not in log  # it trained nothing
 
 
 def assert_equals_uninterrupted_run(workdir: Path, reference: Path, configs: list[str]) -> None:
     """The control fine-tuned in `workdir` (resumed) equals, bit for bit, the same fine-tune run locally at once."""
     shutil.copytree(workdir, reference, symlinks=True)
-    snakemake(reference, "-f", f"{CONTROL}/model.pt", "--cores", "2", "--set-threads", "finetune=2", *configs)
+    snakemake(reference, "-f", f"{CONTROL}/model.pt", "--cores", "1", "--set-threads", "finetune=1", *configs)
     assert "resumed from" not in (reference / "logs/finetune/dense-s1.log").read_text()
     resumed, uninterrupted = (load_checkpoint(d / CONTROL / "model.pt")[0].state_dict() for d in (workdir, reference))
     assert resumed.keys() == uninterrupted.keys()
@@ -271,17 +278,17 @@ def preempt_when_past(log: Path, step: int, stop: threading.Event) -> None:
             return
 
 
-def test_a_fine_tune_preempted_with_its_batch_shell_loses_at_most_checkpoint_every_steps(cluster, study, tmp_path):
+def test_a_fine_tune_preempted_with_its_batch_shell_loses_at_most_checkpoint_every_steps(study_on_slurm, tmp_path):
     """SIGTERM to the batch shell and srun as well as the step (`scancel --signal=TERM --full`): srun ends the step
     at once ("forcing job termination"), mostly before the training can finish its step and save, and the job FAILS.
     What is guaranteed: Snakemake's retry resumes from the last state saved (the signal's save when it won the race,
     else the last periodic one, every `checkpoint_every` steps) and ends with the model of an uninterrupted run; at
     most `checkpoint_every` steps of work are lost, counted from the last step the stopped job logged."""
-    workdir = copy_of_study(study, tmp_path / "study")
+    workdir = copy_of_study(study_on_slurm[0], tmp_path / "study")
     (workdir / "config/preempted.yaml").write_text(yaml.safe_dump(PREEMPTED_FINETUNE))
-    configs = ["--configfile", "config/ci.yaml", "config/preempted.yaml"]
+    configs = [*CONFIGS, "config/preempted.yaml"]
     log = workdir / "logs/finetune/dense-s1.log"
-    log.unlink()  # the local study's run of this fine-tune: only the attempts on Slurm are read
+    log.unlink()  # the study's own run of this fine-tune: only the attempts of this test are read
     stop = threading.Event()
     preemption = threading.Thread(target=preempt_when_past, args=(log, PREEMPT_PAST, stop))
     preemption.start()
