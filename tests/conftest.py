@@ -87,6 +87,11 @@ def snakemake(workdir: Path, *args, check=True, env: dict | None = None):
     return run
 
 
+# What a job that holds a GPU and sees none is told to do, by the venv's torch build (train.pick_device)
+NO_CUDA_ADVICE = (r"torch \S+ is a CPU build: make setup TORCH=cuda" if torch.version.cuda is None
+                  else r"this torch build has CUDA: check the driver with nvidia-smi")
+
+
 # A folder whose sitecustomize records every rename each process of the study makes (in RENAMES of the study).
 RENAME_AUDIT = ROOT / "tests" / "rename_audit"
 RENAMES = ".test-renames"
@@ -114,7 +119,7 @@ SLURM_MODULES = ("test_slurm.py",)
 STUDY_MODULES = ("test_portable.py", "test_report_browser.py", "test_workflow.py")
 
 
-def test_group(module: str) -> str:
+def worker_group(module: str) -> str:
     return "slurm" if module in SLURM_MODULES else "study" if module in STUDY_MODULES else module
 
 
@@ -122,7 +127,7 @@ def pytest_collection_modifyitems(items):
     for item in items:  # a test of the study or of the cluster elsewhere would run beside the group that edits it
         assert item.path.name in STUDY_MODULES or "study" not in item.fixturenames, item.nodeid
         assert item.path.name in SLURM_MODULES or "cluster" not in item.fixturenames, item.nodeid
-    items.sort(key=lambda item: test_group(item.path.name) not in ("slurm", "study"))  # stable: groups keep order
+    items.sort(key=lambda item: worker_group(item.path.name) not in ("slurm", "study"))  # stable: groups keep order
 
 
 if importlib.util.find_spec("xdist"):
@@ -132,7 +137,7 @@ if importlib.util.find_spec("xdist"):
         """Whole groups to a worker, in the order collected."""
 
         def _split_scope(self, nodeid: str) -> str:
-            return test_group(Path(nodeid.split("::", 1)[0]).name)
+            return worker_group(Path(nodeid.split("::", 1)[0]).name)
 
     def pytest_xdist_make_scheduler(config, log):
         config.option.loadscopereorder = False  # not the most tests first: the order collected, long groups first

@@ -15,6 +15,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import check_platform  # noqa: E402
 import lock  # noqa: E402
 
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"  # this interpreter's version
+
 
 def pins(path: Path) -> dict[str, tuple[str, str]]:
     """name -> (version, sha256) of every line of a lock; every line carries its hash."""
@@ -66,8 +68,8 @@ def test_another_python_or_platform_is_refused_in_one_line(tmp_path):
     assert re.fullmatch(r"make setup: \S+ is Python 3\.\d+, but the lock holds wheels for CPython 2\.7 only "
                         rf"\({re.escape(str(other))}\); install CPython 2\.7 and name it: "
                         r"`make setup PYTHON=python2\.7`\n", run.stderr)
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"  # this interpreter's, so the platform is what differs
-    other.write_text(f"# python: {python}\n# platform: darwin arm64\nsix==1.0 --hash=sha256:" + "0" * 64 + "\n")
+    # this interpreter's Python, so that the platform is what differs
+    other.write_text(f"# python: {PYTHON}\n# platform: darwin arm64\nsix==1.0 --hash=sha256:" + "0" * 64 + "\n")
     run = subprocess.run([sys.executable, str(ROOT / "tools/check_platform.py"), str(other)], capture_output=True,
                          text=True)
     assert run.returncode == 1 and run.stderr.endswith(  # another Python cannot help here
@@ -111,11 +113,10 @@ def test_an_interpreter_without_ensurepip_is_told_which_package_makes_venvs(tmp_
     after the check; the check says so first, in one line."""
     block = ("import runpy, sys; sys.modules['ensurepip'] = None; sys.argv = sys.argv[1:]; "
              "runpy.run_path(sys.argv[0], run_name='__main__')")
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
     lock = tmp_path / "this.lock"  # a lock for this interpreter and platform: only the venv module is missing
-    lock.write_text(f"# python: {python}\n# platform: {sys.platform} {platform.machine()}\n")
+    lock.write_text(f"# python: {PYTHON}\n# platform: {sys.platform} {platform.machine()}\n")
     run = subprocess.run([sys.executable, "-c", block, str(ROOT / "tools/check_platform.py"), str(lock)],
                          capture_output=True, text=True)
     assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
     assert run.stderr == (f"make setup: {sys.executable} cannot make a venv (it has no ensurepip module): install "
-                          f"your system's venv package, e.g. `apt install python{python}-venv` on Debian and Ubuntu\n")
+                          f"your system's venv package, e.g. `apt install python{PYTHON}-venv` on Debian and Ubuntu\n")
