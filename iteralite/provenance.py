@@ -34,10 +34,17 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def _imported_names(source_path: Path, module: str | None) -> set[str]:
+def _imported_names(source_path: Path, module: str | None) -> frozenset[str]:
     """Module names a source file imports; relative imports resolved against `module` (None for a script)."""
-    tree = ast.parse(source_path.read_text(encoding="utf-8"), filename=str(source_path))
-    is_package = source_path.name == "__init__.py"
+    source = source_path.read_text(encoding="utf-8")
+    return _parsed_imports(source, str(source_path), module, source_path.name == "__init__.py")
+
+
+@cache
+def _parsed_imports(source: str, filename: str, module: str | None, is_package: bool) -> frozenset[str]:
+    """Cached by the source text: the closures of a workflow's rules share most modules, and Snakemake digests every
+    rule's script at each start; an edited file is parsed afresh."""
+    tree = ast.parse(source, filename=filename)
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -55,7 +62,7 @@ def _imported_names(source_path: Path, module: str | None) -> set[str]:
             names.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
         elif isinstance(node, ast.Call):
             names.update(_facets(node))
-    return names
+    return frozenset(names)
 
 
 def _facets(call: ast.Call) -> list[str]:

@@ -10,7 +10,13 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-import torch
+
+# One torch thread in the test processes and in what they start: the two workers of `make test` share 2 cores, and a
+# torch thread that waits on another for a core held by another process spins meanwhile (a training step of the tiny
+# study took three times as long with two threads beside one busy process as with one; with one, no longer than
+# alone). Read by torch when it is imported, and inherited by subprocesses.
+os.environ["OMP_NUM_THREADS"] = "1"
+import torch  # noqa: E402
 
 from iteralite.architectures.selective_scan.config import Config as SelectiveScanConfig
 from iteralite.architectures.selective_scan.model import Model as SelectiveScan
@@ -80,8 +86,9 @@ def project_env(workdir: Path) -> dict:
 
 
 def snakemake(workdir: Path, *args, check=True, env: dict | None = None):
-    run = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True,
-                         timeout=1200, env=env or project_env(workdir))
+    """Snakemake in `workdir`, each job on one thread (a rule asking for two gets one: see OMP_NUM_THREADS above)."""
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--max-threads", "1", *args], cwd=workdir,
+                         capture_output=True, text=True, timeout=1200, env=env or project_env(workdir))
     if check and run.returncode != 0:
         raise AssertionError(run.stdout[-4000:] + run.stderr[-4000:])
     return run

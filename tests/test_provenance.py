@@ -144,16 +144,12 @@ def checkpoint_file(path, model, shift: float) -> None:
 
 @pytest.fixture
 def inputs(tmp_path, tiny_model):
-    """The files a fine-tune reads: tokens, the model it starts from, a teacher. The runs take one torch thread, as
-    the rules' jobs take a fixed count (two threads on a busy 2-core machine mostly wait on each other)."""
+    """The files a fine-tune reads: tokens, the model it starts from, a teacher."""
     files = {"tokens": tmp_path / "tokens.pt", "init": tmp_path / "init.pt", "teacher": tmp_path / "teacher.pt"}
     token_file(files["tokens"], seed=0)
     checkpoint_file(files["init"], tiny_model, 0.0)
     checkpoint_file(files["teacher"], tiny_model, 0.01)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield files
-    torch.set_num_threads(threads)
+    return files
 
 
 def signal_once(monkeypatch, signum: int, step: int) -> None:

@@ -54,7 +54,8 @@ refuse_foreign_configs() {  # exit 3 before anything is installed, started or wr
 }
 
 write_configs() {
-  local mem
+  local mem cpus
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys these, set by a caller for its own threads
   mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
   mkdir -p "$CONF" "$STATE/ctld" "$STATE/d" "$STATE/log"
   cat >"$CONF/slurm.conf" <<CONFEOF
@@ -82,7 +83,7 @@ AccountingStorageTRES=gres/gpu
 GresTypes=gpu
 JobAcctGatherType=jobacct_gather/linux
 AccountingStoreFlags=job_comment
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$mem Gres=gpu:1 State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:1 State=UNKNOWN
 PartitionName=cpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=localhost MaxTime=INFINITE State=UP
 CONFEOF
