@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from . import serve
-from .data import eval_windows
+from .tokens import eval_windows
 
 
 def machine(device: torch.device) -> str:

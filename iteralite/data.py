@@ -1,4 +1,5 @@
-"""Corpus loading (through `datasets`), deterministic splits, the BPE tokenizer and batches of token windows."""
+"""Corpus loading (through `datasets`), deterministic splits and the BPE tokenizer: no torch, which the corpus jobs
+would otherwise import for nothing (tokens.py holds the token streams)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,7 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from . import corpusfiles
-from .artifacts import load_torch
 from .paths import EMBEDDED_CORPUS
 
 SPLITS = ("train", "validation", "test")
@@ -107,6 +105,8 @@ def split_documents(docs: list[str], validation: float, test: float, seed: int, 
     elif mode == "documents":
         if len(docs) < 3:
             raise DataError(f"corpus.split.mode=documents needs at least 3 documents, got {len(docs)}")
+        import torch  # its seeded permutation: the one place here that needs it
+
         order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
         n_val, n_test = max(1, round(len(docs) * validation)), max(1, round(len(docs) * test))
         for rank, i in enumerate(order):
@@ -148,46 +148,3 @@ def load_tokenizer(path: str):
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(path))
-
-
-def load_tokens(path: str) -> tuple[dict[str, torch.Tensor], str]:
-    """The token ids of every split, and the SHA-256 of the tokenizer that made them."""
-    blob = load_torch(path, "token file")
-    return blob["tokens"], blob["tokenizer_sha256"]
-
-
-def encode(tokenizer, text: str) -> torch.Tensor:
-    """Token ids of a text as int32 (the vocabulary stays below 2**16, int32 keeps torch indexing simple)."""
-    chunks = text.split("\n\n")
-    ids = []
-    for enc in tokenizer.encode_batch([c + "\n\n" for c in chunks]):
-        ids.extend(enc.ids)
-    return torch.tensor(ids, dtype=torch.int32)
-
-
-class TokenWindows:
-    """Random training windows of seq+1 tokens from one token stream; its position is the generator's state."""
-
-    def __init__(self, tokens: torch.Tensor, seq: int, batch: int, seed: int):
-        if tokens.numel() < seq + 2:
-            raise DataError(f"token stream of {tokens.numel()} tokens is shorter than one window of {seq + 1}")
-        self.tokens, self.seq, self.batch = tokens.long(), seq, batch
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def next(self) -> torch.Tensor:  # -> (batch, seq + 1)
-        starts = torch.randint(0, self.tokens.numel() - self.seq - 1, (self.batch,), generator=self.generator)
-        return torch.stack([self.tokens[s : s + self.seq + 1] for s in starts.tolist()])
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return max(1, self.tokens.numel() // (self.seq * self.batch))
-
-
-def eval_windows(tokens: torch.Tensor, seq: int, max_tokens: int) -> torch.Tensor:
-    """Fixed, non-overlapping windows of seq+1 tokens covering the first max_tokens of a split: (n, seq + 1)."""
-    usable = min(tokens.numel(), max_tokens + 1)
-    n = (usable - 1) // seq
-    if n < 1:
-        raise DataError(f"split of {tokens.numel()} tokens is shorter than one evaluation window of {seq + 1}")
-    starts = torch.arange(n) * seq
-    return torch.stack([tokens[s : s + seq + 1].long() for s in starts.tolist()])

@@ -23,8 +23,8 @@ import torch
 
 from . import onnxgraph, quant, serve
 from .architectures import facet
-from .data import eval_windows
 from .onnxgraph import Int4Weight
+from .tokens import eval_windows
 from .train import perplexity
 
 log = logging.getLogger(__name__)

@@ -182,7 +182,7 @@ class OnnxModel:
 
     def perplexity(self, tokens: np.ndarray, max_tokens: int) -> float:
         """exp(mean next-token cross-entropy) over fixed, non-overlapping windows of max_seq + 1 tokens covering the
-        first max_tokens (data.eval_windows, train.perplexity: the same windows, the same mean)."""
+        first max_tokens (tokens.eval_windows, train.perplexity: the same windows, the same mean)."""
         windows = eval_windows(np.asarray(tokens, np.int64), self.max_seq, max_tokens)
         total, count = 0.0, 0
         for start in range(0, len(windows), PERPLEXITY_BATCH):
@@ -194,7 +194,7 @@ class OnnxModel:
 
 
 def eval_windows(tokens: np.ndarray, seq: int, max_tokens: int) -> np.ndarray:
-    """data.eval_windows in numpy: (n, seq + 1) windows starting every seq tokens of the first max_tokens + 1."""
+    """tokens.eval_windows in numpy: (n, seq + 1) windows starting every seq tokens of the first max_tokens + 1."""
     n = (min(tokens.size, max_tokens + 1) - 1) // seq
     if n < 1:
         raise ServeError(f"text of {tokens.size} tokens is shorter than one window of {seq + 1} tokens")

@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 
 from .artifacts import load_torch, save_torch
-from .data import TokenWindows, eval_windows
 from .losses import head_cross_entropy_sum, lm_losses
+from .tokens import TokenWindows, eval_windows
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from iteralite import data
+from iteralite import data, tokens
 
 
 def corpus(**settings) -> dict:
@@ -37,7 +37,7 @@ def test_tokenizer_round_trip_and_vocab_size():
     assert tok.get_vocab_size() == 400
     sample = "It is a truth universally acknowledged — café, naïve, 😀\n\nNew paragraph."
     assert tok.decode(tok.encode(sample).ids) == sample
-    ids = data.encode(tok, sample)
+    ids = tokens.encode(tok, sample)
     assert tok.decode(ids.tolist()).startswith("It is a truth")
 
 
@@ -91,7 +91,7 @@ def refuse(event, args):
         raise ConnectionRefusedError(f"network attempt refused by the test: {event} {args}")
 
 sys.addaudithook(refuse)
-from iteralite import data
+from iteralite import data, tokens
 try:
     data.load_documents({"source": "hub", "hub_name": "roneneldan/TinyStories", "text_field": "text",
                          "hub_split": "train", "max_documents": None})

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import torch
 
-from iteralite import bench, data, export, onnxgraph, quant, serve
+from iteralite import bench, export, onnxgraph, quant, serve, tokens
 from iteralite.architectures import facet
 
 
@@ -29,8 +29,8 @@ def runtime_at(model, level: int) -> serve.OnnxModel:
 def main(model_path: str, tokens_path: str) -> None:
     torch.set_num_threads(1)
     model = quant.load_model(model_path, export.TORCH_INT4_PATH)
-    test = data.load_tokens(tokens_path)[0]["test"]
-    windows = data.eval_windows(test, model.cfg.max_seq, 2 * model.cfg.max_seq)[:, :-1]
+    test = tokens.load_tokens(tokens_path)[0]["test"]
+    windows = tokens.eval_windows(test, model.cfg.max_seq, 2 * model.cfg.max_seq)[:, :-1]
     with torch.no_grad():
         expected = model(windows)[0].numpy()
     runners = {}

@@ -18,8 +18,8 @@ import yaml
 
 from iteralite import bench, workflow
 from iteralite.checkpoint import load_checkpoint
-from iteralite.data import TokenWindows, load_tokens
 from iteralite.pruning import criteria, planner, surgery
+from iteralite.tokens import TokenWindows, load_tokens
 from iteralite.train import TrainConfig, perplexity, train
 
 ALLOCATIONS = {  # label -> (bounds, pressure), each over the study's

@@ -27,7 +27,7 @@ import torch
 
 from iteralite.architectures import ITERA_LITE_FILES, facet
 from iteralite.checkpoint import load_checkpoint
-from iteralite.data import eval_windows, load_tokens
+from iteralite.tokens import eval_windows, load_tokens
 
 layouts = facet(ITERA_LITE_FILES, "layouts")
 convert = facet(ITERA_LITE_FILES, "convert")

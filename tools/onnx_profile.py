@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iteralite import data, serve
+from iteralite import serve, tokens
 
 REPEATS = 5
 
@@ -22,7 +22,7 @@ REPEATS = 5
 def main(export_dir: str, tokens_path: str, batch: int = 8) -> None:
     manifest = serve.read_manifest(Path(export_dir))
     seq = manifest["config"]["max_seq"]
-    ids = data.eval_windows(data.load_tokens(tokens_path)[0]["test"], seq, batch * seq)[:batch, :seq].numpy()
+    ids = tokens.eval_windows(tokens.load_tokens(tokens_path)[0]["test"], seq, batch * seq)[:batch, :seq].numpy()
     options = serve.session_options(1)
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "profile")

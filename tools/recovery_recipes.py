@@ -19,7 +19,7 @@ import yaml
 
 from iteralite import workflow
 from iteralite.checkpoint import load_checkpoint
-from iteralite.data import load_tokens
+from iteralite.tokens import load_tokens
 from iteralite.train import TrainConfig, perplexity, train
 
 

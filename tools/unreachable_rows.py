@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from iteralite.checkpoint import load_checkpoint
-from iteralite.data import load_tokens
 from iteralite.layers import count_parameters
 from iteralite.pruning import surgery
 from iteralite.pruning.model_groups import build_groups
+from iteralite.tokens import load_tokens
 from iteralite.train import perplexity
 
 

@@ -7,6 +7,7 @@ import torch
 
 from .. import bench, data, loadtest, quant, serve
 from ..artifacts import write_csv, write_json
+from ..tokens import load_tokens
 
 
 def benchmark(model_ids: list[str], paths: list[str], exports: dict[str, str], tokens_path: str,
@@ -23,7 +24,7 @@ def benchmark(model_ids: list[str], paths: list[str], exports: dict[str, str], t
     models = {m: quant.load_model(p, "auto", device) for m, p in zip(model_ids, paths)}
     runners = bench.torch_runners(models)
     runners |= {(m, "onnxruntime"): bench.OnnxRunner(serve.OnnxModel.load(d, threads)) for m, d in exports.items()}
-    tokens, _ = data.load_tokens(tokens_path)
+    tokens, _ = load_tokens(tokens_path)
     speed, latency = bench.measure(runners, tokens["test"], settings["batch_size"], settings["repeats"],
                                    settings["contexts"], device)
     served = []

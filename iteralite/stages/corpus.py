@@ -42,10 +42,12 @@ def train_tokenizer(train_path: str, vocab_size: int, min_frequency: int, out_pa
 def tokenize(split_paths: list[str], tokenizer_path: str, window: int, out_tokens: str, out_stats: str) -> None:
     """Each split's tokens; a split shorter than one window of `window` positions and its target (which training
     and evaluation need) fails here, the job after the tokenizer, naming the keys that fix it."""
+    from ..tokens import encode  # here, not above: the corpus and tokenizer jobs import this module without torch
+
     tokenizer = data.load_tokenizer(tokenizer_path)
     tokens = {}
     for path in split_paths:
-        tokens[Path(path).stem] = data.encode(tokenizer, Path(path).read_text(encoding="utf-8"))
+        tokens[Path(path).stem] = encode(tokenizer, Path(path).read_text(encoding="utf-8"))
         if tokens[Path(path).stem].numel() < window + 1:
             raise data.DataError(f"corpus split {Path(path).stem}: {tokens[Path(path).stem].numel()} tokens, fewer "
                                  f"than one window of model.max_seq={window} positions and its target; a larger "

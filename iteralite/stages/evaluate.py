@@ -9,8 +9,8 @@ import torch
 
 from .. import naming, quant
 from ..artifacts import write_json
-from ..data import eval_windows, load_tokens
 from ..layers import count_parameters
+from ..tokens import eval_windows, load_tokens
 from ..train import perplexity
 
 log = logging.getLogger(__name__)

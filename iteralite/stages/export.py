@@ -9,7 +9,7 @@ import torch
 from .. import export as onnx_export
 from .. import serve
 from ..artifacts import write_bytes, write_json
-from ..data import load_tokens
+from ..tokens import load_tokens
 
 
 def export(model_id: str, model_path: str, tokens_path: str, tokenizer_path: str, settings: onnx_export.ExportSettings,

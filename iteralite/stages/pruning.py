@@ -10,11 +10,12 @@ import os
 import pandas as pd
 import torch
 
-from .. import analysis, data
+from .. import analysis
 from ..artifacts import load_torch, save_torch, write_csv, write_json
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..pruning import criteria, planner, schedule, surgery
 from ..pruning.model_groups import build_groups
+from ..tokens import TokenWindows, load_tokens
 from ..train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def score_importance(checkpoint: str, tokens_path: str, criterion: str, expert_c
     random; the expert criterion is None for random scores (which score experts and blocks randomly too); the seed
     draws random scores and calibration windows."""
     model, _ = load_checkpoint(checkpoint)
-    train_tokens = data.load_tokens(tokens_path)[0]["train"] if calibration else None
+    train_tokens = load_tokens(tokens_path)[0]["train"] if calibration else None
     scores = _scores(model, criterion, expert_criterion, seed, train_tokens, calibration, device)
     save_torch(out_scores, {"criterion": criterion, "scores": scores})
     groups = {g.name: g for g in build_groups(model.cfg)}
@@ -45,7 +46,7 @@ def _scores(model, criterion: str, expert_criterion: str | None, seed: int, trai
     copy, so the model scored stays as it was)."""
     stats = criteria.CalibrationStats()
     if calibration:
-        windows = data.TokenWindows(train_tokens, model.cfg.max_seq, calibration["batch_size"], seed)
+        windows = TokenWindows(train_tokens, model.cfg.max_seq, calibration["batch_size"], seed)
         batches = [windows.next().to(device) for _ in range(calibration["batches"])]
         stats = criteria.calibrate(copy.deepcopy(model).to(device), batches, calibration["aux_loss_weight"]).to("cpu")
     return criteria.score_groups(model, criterion, stats, seed, expert_criterion)
@@ -72,7 +73,7 @@ def prune_in_steps(variant: str, criterion: str, target: float, steps: int, boun
     `recovery.max_steps` steps of fine-tuning (distilled from the dense model when recovery.distill_weight > 0)
     between steps, both on `device`."""
     dense, meta = load_checkpoint(checkpoint)
-    tokens, _ = data.load_tokens(tokens_path)
+    tokens, _ = load_tokens(tokens_path)
     teacher = dense if recovery.distill_weight > 0 else None
 
     def rescore(model):

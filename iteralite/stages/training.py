@@ -13,8 +13,8 @@ from ..architectures import ModelConfig
 from ..architectures.models import build_model
 from ..artifacts import write_csv
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..data import load_tokens
 from ..provenance import fingerprint
+from ..tokens import load_tokens
 from ..train import Interrupted, TrainConfig, train
 
 log = logging.getLogger(__name__)

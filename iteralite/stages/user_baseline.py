@@ -10,8 +10,8 @@ from ..architectures import ITERA_LITE_FILES, ModelConfig, facet
 from ..architectures.configs import differences
 from ..artifacts import CheckpointError, write_csv
 from ..checkpoint import save_checkpoint
-from ..data import load_tokens
 from ..provenance import file_sha256
+from ..tokens import load_tokens
 
 
 def use_checkpoint(model_cfg: ModelConfig, user_checkpoint: str, tokens_path: str, out_checkpoint: str,
