@@ -13,8 +13,6 @@ CORES ?= 2
 # requirements-cuda.lock, torch's CUDA build with its NVIDIA libraries, all from PyPI, for a cluster with a GPU
 # partition (one venv serves its CPU and GPU jobs: docs/slurm.md). TORCH defaults to the build the venv holds, so `make test` keeps a CUDA
 # venv; a change of lock or of TORCH makes the venv afresh.
-# --no-compile: pip would compile every module of every package, one after another (46 s of its 101 s here:
-# docs/install.md); Python compiles a module when it is first imported and keeps the result in the venv.
 PYTHON ?= python3
 TORCH ?= $(or $(patsubst $(VENV)/.installed-%,%,$(wildcard $(VENV)/.installed-*)),cpu)
 $(if $(filter-out cpu cuda,$(TORCH)),$(error TORCH=$(TORCH): it must be cpu or cuda))
@@ -28,9 +26,9 @@ $(VENV)/.installed-$(TORCH): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet pip==26.3
 	grep '^torch==' $(LOCK) > $(VENV)/torch.lock
-	$(PY) -m pip install --quiet --no-compile --require-hashes --no-deps \
-		$(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) -r $(VENV)/torch.lock
-	$(PY) -m pip install --quiet --no-compile --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --require-hashes --no-deps $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) \
+		-r $(VENV)/torch.lock
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e '.[test]'
 	touch $@
 
