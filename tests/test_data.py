@@ -91,7 +91,7 @@ def refuse(event, args):
         raise ConnectionRefusedError(f"network attempt refused by the test: {event} {args}")
 
 sys.addaudithook(refuse)
-from iteralite import data, tokens
+from iteralite import data
 try:
     data.load_documents({"source": "hub", "hub_name": "roneneldan/TinyStories", "text_field": "text",
                          "hub_split": "train", "max_documents": None})
@@ -130,3 +130,15 @@ def test_a_split_shorter_than_one_window_fails_when_tokenized_naming_the_keys(tm
     with pytest.raises(data.DataError, match=r"corpus split test: 64 tokens, fewer than one window of "
                                              r"model.max_seq=64 positions and its target; a larger corpus"):
         tokenize([str(p) for p in splits], str(tokenizer), 64, str(tmp_path / "t.pt"), str(tmp_path / "s.json"))
+
+
+def test_the_corpus_and_tokenizer_jobs_import_no_torch():
+    """Their scripts' modules load without torch (about 3 s of CPU a job here); tokenizing, which saves tensors, and
+    a split in `documents` mode, which draws torch's seeded permutation, import it when they run."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from iteralite import workflow; from iteralite.stages import corpus, user_tokenizer; "
+            "print('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "False", run.stdout + run.stderr
